@@ -1,0 +1,299 @@
+"""The store contract: what the milter and fwdctl keep, whatever holds it.
+
+One contract, two backends: :mod:`fwdmilter.store.redis` (shared by several
+hosts) and :mod:`fwdmilter.store.sqlite` (one host, the default). The milter,
+the policy and fwdctl only ever see :class:`Store`; one contract test suite
+runs against both backends.
+
+What is kept
+------------
+*Forwards* (the forwarding table), keyed by the forwarding recipient: where
+its mail goes, whom to tell when mail for it is held, what to do with
+null-sender mail, and, for a deleted recipient, where it moved.
+
+*Message records*, one per forwarded message and target, grouped under the
+SRS address the message was sent with (many messages share one SRS address:
+one sender on one day). They live ``srs.max_age_days``: after that a bounce
+to that address is refused anyway. A record says whether the message is
+B (bouncable), U (unbouncable) or R (requeued by the admin), so that a bounce
+coming back can be told apart.
+
+*Held entries*, one per bounce held in the MTA's queue, grouped by target,
+with per-target counters of H (held) and R (requeued, not yet delivered)
+entries. While a target's counters are not both zero, U mail for it is
+refused with a 4xx. Counters change only together with the entries they
+count, atomically, so they are exact under any concurrency.
+
+Addresses
+---------
+Every address argument is used as given; the callers lower-case keys with
+:func:`fwdmilter.addr.key` before they reach the store, so lookups ignore
+case as mail admins expect.
+
+Failures
+--------
+Every method may raise :class:`~fwdmilter.errors.StoreUnavailable` (cannot
+reach the store now: the milter answers 4xx) or
+:class:`~fwdmilter.errors.StoreSchemaError` (corrupt or newer data). No other
+exception escapes a backend.
+
+Thread safety
+-------------
+A store is shared by all of libmilter's connection threads: every method is
+safe to call from any thread at any time.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+__all__ = [
+    "Forward",
+    "RcptInfo",
+    "MessageRecord",
+    "HeldEntry",
+    "Stats",
+    "Store",
+    "MessageState",
+    "HeldState",
+    "NullSenderPolicy",
+    "SCHEMA_VERSION",
+]
+
+#: Version of the stored data's layout; a backend refuses data of a newer one
+#: and migrates older data forward when it opens.
+SCHEMA_VERSION: Final = 1
+
+MessageState = Literal["B", "U", "R", "H", "done"]
+HeldState = Literal["H", "R"]
+NullSenderPolicy = Literal["forward", "hold"]
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """One entry of the forwarding table.
+
+    An entry with ``moved_to`` set is a deleted recipient: mail for it is
+    refused with 551 and the new address (RFC 5321 section 3.4). Its
+    ``target`` is then empty.
+    """
+
+    rcpt: str
+    target: str
+    contact: str = ""
+    null_sender: NullSenderPolicy = "forward"
+    moved_to: str = ""
+    created: float = 0.0
+    updated: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        """True if mail for ``rcpt`` is forwarded (not a moved recipient)."""
+        return bool(self.target) and not self.moved_to
+
+
+@dataclass(frozen=True, slots=True)
+class RcptInfo:
+    """What the milter needs at RCPT for one recipient.
+
+    ``held`` is the number of H and R entries of the forward's target (0 when
+    there is no active forward).
+    """
+
+    forward: Forward | None
+    held: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One forwarded message to one target, as the milter recorded it.
+
+    ``srs`` is the (lower-cased) SRS address the message went out with;
+    ``record_id`` is unique among the records of that address, and
+    ``msg_id`` is the id in the message's trace header (shared by the records
+    of one message with several targets). ``held_id`` links a requeued (R)
+    message to the held entry it came from.
+    """
+
+    srs: str
+    record_id: str
+    msg_id: str
+    state: MessageState
+    sender: str
+    rcpt: str
+    target: str
+    created: float
+    instance: str
+    queue_id: str = ""
+    held_id: str = ""
+    #: Unix time the record expires; set by the store when it reads a record.
+    expires: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeldEntry:
+    """A bounce held in the MTA's queue instead of reaching an unverified sender.
+
+    ``entry_id`` is unique per target ("HOST/QUEUEID" of the held bounce).
+    ``queue_id`` and ``host`` say where the held bounce is; after a requeue
+    (state R) they keep naming the bounce until the requeued message fails
+    again, when they name the new held bounce.
+    """
+
+    target: str
+    entry_id: str
+    state: HeldState
+    sender: str
+    rcpt: str
+    queue_id: str
+    host: str
+    reason: str
+    held_at: float
+    srs: str = ""
+    msg_id: str = ""
+    contact: str = ""
+    requeued_at: float = 0.0
+    alerted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counts for ``fwdctl stats``."""
+
+    forwards: int = 0
+    moved: int = 0
+    messages: dict[str, int] = field(default_factory=dict)  # by state
+    held: dict[str, int] = field(default_factory=dict)  # "H"/"R" -> count
+    held_by_target: dict[str, tuple[int, int]] = field(default_factory=dict)  # target -> (H, R)
+
+
+class Store(abc.ABC):
+    """The contract every backend fulfils (see the module docstring)."""
+
+    #: The URL scheme(s) of the backend, for messages.
+    kind: str = ""
+
+    # -- the forwarding table ------------------------------------------------
+
+    @abc.abstractmethod
+    def get_forward(self, rcpt: str) -> Forward | None:
+        """The entry for ``rcpt`` (active or moved), or None."""
+
+    @abc.abstractmethod
+    def put_forward(self, forward: Forward) -> None:
+        """Create or replace the entry for ``forward.rcpt``."""
+
+    @abc.abstractmethod
+    def delete_forward(self, rcpt: str, moved_to: str = "", now: float = 0.0) -> bool:
+        """Delete ``rcpt``; with ``moved_to``, keep a moved entry instead.
+
+        Returns False if there was no entry.
+        """
+
+    @abc.abstractmethod
+    def list_forwards(self) -> list[Forward]:
+        """Every entry, sorted by ``rcpt``."""
+
+    # -- the milter's hot path -------------------------------------------------
+
+    @abc.abstractmethod
+    def rcpt_info(self, rcpts: Sequence[str]) -> list[RcptInfo]:
+        """For each recipient: its forward, and the held count of its target.
+
+        The milter calls this once per RCPT. A networked backend must answer
+        in one round trip in the steady state (the forward and the counter of
+        the target it names, pipelined).
+        """
+
+    @abc.abstractmethod
+    def record_messages(self, records: Sequence[MessageRecord], ttl: float) -> None:
+        """Store ``records``, each to expire ``ttl`` seconds from now.
+
+        One round trip for a networked backend, atomic per SRS address.
+        """
+
+    @abc.abstractmethod
+    def messages(self, srs: str) -> list[MessageRecord]:
+        """The unexpired records under the SRS address ``srs``, oldest first."""
+
+    @abc.abstractmethod
+    def set_message_state(self, srs: str, record_id: str, state: MessageState) -> bool:
+        """Change one record's state, keeping its lifetime. False if it is gone."""
+
+    # -- held mail -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def hold(self, entry: HeldEntry) -> bool:
+        """Add an H entry and count it, atomically.
+
+        ``entry.state`` must be "H". Returns False, changing nothing, if the
+        target already has an entry with that ``entry_id``.
+        """
+
+    @abc.abstractmethod
+    def get_held(self, target: str, entry_id: str) -> HeldEntry | None:
+        """One held entry, or None."""
+
+    @abc.abstractmethod
+    def held(self, target: str | None = None, domain: str | None = None) -> list[HeldEntry]:
+        """Held entries (H and R), all or of one target or target domain,
+        oldest first."""
+
+    @abc.abstractmethod
+    def mark_requeued(self, target: str, entry_id: str, now: float) -> bool:
+        """H -> R for one entry (counters too), atomically. False unless it was H."""
+
+    @abc.abstractmethod
+    def rehold(
+        self, target: str, entry_id: str, queue_id: str, host: str, reason: str, now: float
+    ) -> bool:
+        """R -> H for one entry whose requeued message failed again.
+
+        The entry now names the new held bounce. False unless it was R.
+        """
+
+    @abc.abstractmethod
+    def release(self, target: str, entry_id: str) -> bool:
+        """Remove an R entry whose requeued message was delivered. False unless R."""
+
+    @abc.abstractmethod
+    def drop(self, target: str, entry_id: str) -> bool:
+        """Remove an entry in any state (expiry). False if it was not there."""
+
+    @abc.abstractmethod
+    def mark_alerted(self, target: str, entry_id: str) -> bool:
+        """Note that the alert for an entry went out. False if it is gone."""
+
+    @abc.abstractmethod
+    def held_counts(self, target: str) -> tuple[int, int]:
+        """(H, R) for ``target``."""
+
+    # -- whole store -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def stats(self) -> Stats:
+        """Counts per state and per target."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers now."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections and files; the store is not used after."""
+
+    # -- migration between backends --------------------------------------------
+
+    @abc.abstractmethod
+    def export(self) -> Iterator[Forward | MessageRecord | HeldEntry]:
+        """Everything stored, for ``fwdctl store migrate``: unexpired message
+        records only, each with its ``expires`` set."""
+
+    @abc.abstractmethod
+    def import_items(self, items: Iterable[Forward | MessageRecord | HeldEntry]) -> int:
+        """Store exported items as they are, message records keeping their
+        ``expires``; held counters are rebuilt from the entries. Returns the
+        number of items stored."""

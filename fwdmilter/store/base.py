@@ -68,7 +68,10 @@ __all__ = [
 SCHEMA_VERSION: Final = 1
 
 MessageState = Literal["B", "U", "R", "H", "done"]
-HeldState = Literal["H", "R"]
+#: H: a held bounce; R: requeued, not yet delivered; N: null-sender mail held
+#: by the recipient's policy (listed and expired like H, but not counted: it
+#: does not mean the target is failing).
+HeldState = Literal["H", "R", "N"]
 NullSenderPolicy = Literal["forward", "hold"]
 
 
@@ -227,10 +230,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def hold(self, entry: HeldEntry) -> bool:
-        """Add an H entry and count it, atomically.
+        """Add an H entry and count it, or an N entry (not counted), atomically.
 
-        ``entry.state`` must be "H". Returns False, changing nothing, if the
-        target already has an entry with that ``entry_id``.
+        ``entry.state`` must be "H" or "N". Returns False, changing nothing,
+        if the target already has an entry with that ``entry_id``.
         """
 
     @abc.abstractmethod

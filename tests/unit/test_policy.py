@@ -1,0 +1,410 @@
+"""The milter's decisions, without servers: facts in, decision out."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from fwdmilter import dsn, policy, replies
+from fwdmilter.policy import RcptDecision, SPFOutcome
+from fwdmilter.store.base import Forward, MessageRecord, RcptInfo
+from srs import SRS
+
+NOW = 20780 * 86400 + 43200
+BOUNCES = Path(__file__).parents[1] / "data" / "bounces"
+ACTIONS = {
+    "fail": "reject",
+    "softfail": "accept",
+    "neutral": "accept",
+    "none": "accept",
+    "permerror": "accept",
+    "temperror": "tempfail",
+}
+
+
+def settings(**kw: object) -> policy.Settings:
+    base = policy.Settings(
+        srs=SRS(["k"], "fwd.example"),
+        hostname="mx.fwd.example",
+        forwarding_domains=frozenset({"fwd.example", "alias.example"}),
+        spf_actions=ACTIONS,
+        trusted=(ipaddress.ip_network("127.0.0.0/8"),),
+        loop_limit=2,
+        instance="mx.fwd.example",
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+S = settings()
+BOB = Forward("bob@fwd.example", "bob@inner.example", contact="bob@mobile.example")
+
+
+def spf(result: str, domain: str = "example.org", identity: str = "mailfrom") -> SPFOutcome:
+    return SPFOutcome(result, identity, domain, f"{result} explanation")
+
+
+def mail(
+    sender: str = "alice@example.org", result: str | None = "pass", **kw: object
+) -> policy.MailDecision:
+    outcome = None if result is None else spf(result, identity="mailfrom" if sender else "helo")
+    return policy.decide_mail(S, sender, "client.example.org", outcome, now=NOW, **kw)  # type: ignore[arg-type]
+
+
+# -- MAIL FROM -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("result", "code", "status"),
+    [("fail", 550, "5.7.23"), ("temperror", 451, "4.7.24")],
+)
+def test_spf_refusals_carry_rfc7372_codes_and_the_explanation(
+    result: str, code: int, status: str
+) -> None:
+    d = mail(result=result)
+    assert d.reply is not None
+    assert (d.reply.code, d.reply.status) == (code, status)
+    assert f"example.org: {result} explanation" in d.reply.text
+
+
+@pytest.mark.parametrize("result", ["softfail", "neutral", "none", "permerror"])
+def test_accepted_spf_results_make_unbouncable_mail(result: str) -> None:
+    d = mail(result=result)
+    assert d.reply is None
+    assert d.state == "U"
+    assert d.auth_results == f"mx.fwd.example; spf={result} smtp.mailfrom=alice@example.org"
+
+
+def test_configured_actions_are_obeyed() -> None:
+    strict = settings(
+        spf_actions=ACTIONS | {"softfail": "reject", "none": "tempfail", "temperror": "accept"}
+    )
+    soft = policy.decide_mail(strict, "a@example.org", "h", spf("softfail"), now=NOW)
+    assert soft.reply is not None and (soft.reply.code, soft.reply.status) == (550, "5.7.23")
+    none = policy.decide_mail(strict, "a@example.org", "h", spf("none"), now=NOW)
+    assert none.reply is not None and (none.reply.code, none.reply.status) == (451, "4.7.24")
+    temp = policy.decide_mail(strict, "a@example.org", "h", spf("temperror"), now=NOW)
+    assert temp.reply is None and temp.state == "U"
+
+
+def test_pass_makes_bouncable_mail_with_its_srs_sender() -> None:
+    d = mail()
+    assert (d.reply, d.state) == (None, "B")
+    assert d.srs_sender == S.srs.forward("alice@example.org", now=NOW)
+
+
+def test_null_sender_is_unbouncable_and_never_rewritten() -> None:
+    d = policy.decide_mail(S, "", "mx.example.org", spf("pass", "mx.example.org", "helo"), now=NOW)
+    assert (d.state, d.srs_sender) == ("U", None)
+    assert d.auth_results == "mx.fwd.example; spf=pass smtp.helo=mx.example.org"
+
+
+def test_trusted_and_authenticated_clients_skip_spf() -> None:
+    trusted = mail(result=None, client_ip="127.0.0.1")
+    assert trusted.state == "U"
+    assert (
+        trusted.auth_results == "mx.fwd.example; none (SPF not checked: trusted client 127.0.0.1)"
+    )
+    auth = mail(result=None, auth_user="alice")
+    assert auth.state == "B"
+    assert auth.auth_results == "mx.fwd.example; auth=pass smtp.auth=alice"
+
+
+def test_senders_in_our_own_domains_are_not_rewritten() -> None:
+    assert mail("carol@alias.example").srs_sender is None
+    assert mail("SRS0=x=y=z=w@fwd.example").srs_sender is None
+
+
+def test_a_sender_that_cannot_be_rewritten_is_refused() -> None:
+    d = mail('"a@b"@example.org')
+    assert d.reply is replies.BAD_ADDRESS
+
+
+def test_is_trusted() -> None:
+    nets = (ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/32"))
+    assert policy.is_trusted("192.0.2.9", nets)
+    assert policy.is_trusted("::ffff:192.0.2.9", nets)
+    assert policy.is_trusted("2001:db8::1", nets)
+    assert not policy.is_trusted("198.51.100.1", nets)
+    assert not policy.is_trusted("", nets)
+    assert not policy.is_trusted("garbage", nets)
+
+
+# -- RCPT TO -------------------------------------------------------------------
+
+
+def test_classify_rcpt() -> None:
+    srs_addr = S.srs.forward("alice@example.org", now=NOW)
+    assert policy.classify_rcpt(S, srs_addr) is policy.RcptKind.SRS
+    assert policy.classify_rcpt(S, "bob@FWD.example") is policy.RcptKind.FORWARDING
+    assert policy.classify_rcpt(S, "carol@alias.example") is policy.RcptKind.FORWARDING
+    assert policy.classify_rcpt(S, "SRS0=a=b=c=d@other.example") is policy.RcptKind.OTHER
+    assert policy.classify_rcpt(S, "dave@elsewhere.example") is policy.RcptKind.OTHER
+
+
+def test_valid_srs_recipient_is_accepted_for_reversal() -> None:
+    srs_addr = S.srs.forward("alice@example.org", now=NOW)
+    d = policy.decide_rcpt_srs(S, f"<{srs_addr}>", srs_addr, ["NOTIFY=NEVER"], NOW)
+    assert d.action == "reverse" and d.reply is None
+    assert d.srs is not None and d.srs.reversed == "alice@example.org"
+
+
+@pytest.mark.parametrize(
+    ("mangle", "reply"),
+    [
+        (lambda a: a.replace(a.split("=")[1], "AAAA"), replies.SRS_FORGED),
+        (lambda a: a.split("=")[0] + "=x@fwd.example", replies.SRS_MALFORMED),
+    ],
+)
+def test_forged_and_malformed_srs_recipients_are_refused(
+    mangle: object, reply: replies.Reply
+) -> None:
+    srs_addr = mangle(S.srs.forward("alice@example.org", now=NOW))  # type: ignore[operator]
+    d = policy.decide_rcpt_srs(S, srs_addr, srs_addr, [], NOW)
+    assert (d.action, d.reply) == ("refuse", reply)
+
+
+def test_expired_srs_recipient_is_refused() -> None:
+    srs_addr = S.srs.forward("alice@example.org", now=NOW - 30 * 86400)
+    d = policy.decide_rcpt_srs(S, srs_addr, srs_addr, [], NOW)
+    assert d.reply is replies.SRS_EXPIRED
+    assert d.reply.code == 550
+
+
+def test_unknown_and_moved_forwarding_recipients() -> None:
+    unknown = policy.decide_rcpt_forwarding(S, "<x@fwd.example>", RcptInfo(None), mail(), [])
+    assert unknown.reply is replies.UNKNOWN_RECIPIENT
+    moved = Forward("old@fwd.example", "", moved_to="new@elsewhere.example")
+    d = policy.decide_rcpt_forwarding(S, "<old@fwd.example>", RcptInfo(moved), mail(), [])
+    assert d.reply is not None
+    assert (d.reply.code, d.reply.status) == (551, "5.1.6")
+    assert "<new@elsewhere.example>" in d.reply.text
+
+
+def test_held_target_defers_unbouncable_mail_only() -> None:
+    info = RcptInfo(BOB, held=1)
+    u = policy.decide_rcpt_forwarding(S, "<bob@fwd.example>", info, mail(result="softfail"), [])
+    assert u.reply is replies.TARGET_HELD
+    assert (u.reply.code, u.reply.status) == (451, "4.7.1")
+    b = policy.decide_rcpt_forwarding(S, "<bob@fwd.example>", info, mail(), [])
+    assert (b.action, b.reply) == ("forward", None)
+    free = policy.decide_rcpt_forwarding(
+        S, "<bob@fwd.example>", RcptInfo(BOB, 0), mail(result="softfail"), []
+    )
+    assert free.action == "forward"
+
+
+def test_null_sender_policy() -> None:
+    bounce = policy.decide_mail(
+        S, "", "mx.example.org", spf("pass", "mx.example.org", "helo"), now=NOW
+    )
+    hold = replace(BOB, null_sender="hold")
+    assert (
+        policy.decide_rcpt_forwarding(S, "<bob@fwd.example>", RcptInfo(hold), bounce, []).action
+        == "hold"
+    )
+    fwd = policy.decide_rcpt_forwarding(S, "<bob@fwd.example>", RcptInfo(BOB), bounce, [])
+    assert fwd.action == "forward"
+
+
+# -- end of message ------------------------------------------------------------
+
+
+def tx(m: policy.MailDecision, *rcpts: RcptDecision, **kw: object) -> policy.Transaction:
+    base = policy.Transaction(mail=m, rcpts=rcpts, queue_id="QID1", msg_id="m1", now=NOW)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def forward_rcpt(params: tuple[str, ...] = ()) -> RcptDecision:
+    return RcptDecision("<bob@fwd.example>", "forward", forward=BOB, params=params)
+
+
+def test_forwarded_message_is_rewritten_and_recorded() -> None:
+    m = mail()
+    d = policy.decide_eom(
+        S, tx(m, forward_rcpt(("NOTIFY=FAILURE",)), RcptDecision("<x@other.example>", "pass"))
+    )
+    assert d.reply is None and not d.quarantine and not d.discard
+    assert d.chgfrom == f"<{m.srs_sender}>"
+    assert d.delrcpt == ["<bob@fwd.example>"]
+    assert d.addrcpt == [
+        ("<bob@inner.example>", ("NOTIFY=FAILURE", "ORCPT=rfc822;bob@fwd.example"))
+    ]
+    assert d.add_headers[0] == (policy.TRACE_HEADER, "fwd.example; id=m1; by=mx.fwd.example")
+    assert d.add_headers[1] == (policy.AUTH_RESULTS_HEADER, m.auth_results)
+    (rec,) = d.records
+    assert rec == MessageRecord(
+        srs=(m.srs_sender or "").lower(),
+        record_id="m1.0",
+        msg_id="m1",
+        state="B",
+        sender="alice@example.org",
+        rcpt="bob@fwd.example",
+        target="bob@inner.example",
+        created=NOW,
+        instance="mx.fwd.example",
+        queue_id="QID1",
+    )
+
+
+def test_unbouncable_forward_is_recorded_as_u() -> None:
+    d = policy.decide_eom(S, tx(mail(result="softfail"), forward_rcpt()))
+    assert [r.state for r in d.records] == ["U"]
+
+
+def test_null_sender_mail_is_forwarded_without_rewriting_or_record() -> None:
+    bounce = policy.decide_mail(
+        S, "", "mx.example.org", spf("pass", "mx.example.org", "helo"), now=NOW
+    )
+    d = policy.decide_eom(S, tx(bounce, forward_rcpt()))
+    assert d.chgfrom is None and d.records == []
+    assert d.addrcpt[0][0] == "<bob@inner.example>"
+
+
+def test_mail_only_for_others_gets_authentication_results_only() -> None:
+    d = policy.decide_eom(S, tx(mail(), RcptDecision("<x@other.example>", "pass")))
+    assert d.chgfrom is None and d.delrcpt == [] and d.records == []
+    assert [h for h, _ in d.add_headers] == [policy.AUTH_RESULTS_HEADER]
+
+
+def test_our_authentication_results_from_outside_are_removed() -> None:
+    d = policy.decide_eom(S, tx(mail(), forward_rcpt(), own_auth_results=(1, 3)))
+    assert d.del_headers == [(policy.AUTH_RESULTS_HEADER, 3), (policy.AUTH_RESULTS_HEADER, 1)]
+    assert policy.authserv_id("MX.fwd.example (c); spf=pass") == "mx.fwd.example"
+    assert policy.authserv_id(" other.example 1; none") == "other.example"
+
+
+def test_loops_are_refused() -> None:
+    ours = "fwd.example; id=a; by=mx.fwd.example"
+    theirs = "other.example; id=b; by=mx.other.example"
+    ok = policy.decide_eom(S, tx(mail(), forward_rcpt(), trace_values=(ours, ours, theirs)))
+    assert ok.reply is None
+    loop = policy.decide_eom(S, tx(mail(), forward_rcpt(), trace_values=(ours, ours, ours)))
+    assert loop.reply is replies.LOOP
+    assert (loop.reply.code, loop.reply.status) == (554, "5.4.6")
+
+
+def test_when_needed_keeps_a_sender_that_already_permits_us() -> None:
+    s = settings(rewrite="when-needed")
+    m = policy.decide_mail(s, "alice@example.org", "h", spf("pass"), now=NOW)
+    kept = policy.decide_eom(s, tx(m, forward_rcpt(), sender_permits_us=True))
+    assert kept.chgfrom is None and kept.addrcpt
+    rewritten = policy.decide_eom(s, tx(m, forward_rcpt(), sender_permits_us=False))
+    assert rewritten.chgfrom == f"<{m.srs_sender}>"
+
+
+# -- bounces coming back ---------------------------------------------------------
+
+
+def bounce_tx(
+    state: str | None, raw_name: str | None = "postfix-failed.eml", **kw: object
+) -> tuple[policy.Transaction, str]:
+    srs_addr = S.srs.forward("alice@example.org", now=NOW)
+    key = srs_addr.lower()
+    records = []
+    if state is not None:
+        records = [
+            MessageRecord(
+                key,
+                "abcdefgh23456789.0",
+                "abcdefgh23456789",
+                state,
+                "alice@example.org",  # type: ignore[arg-type]
+                "bob@fwd.example",
+                "broken@inner.example",
+                NOW,
+                "mx.fwd.example",
+                "Q0",
+                held_id="mx.fwd.example/QOLD" if state == "R" else "",
+            )
+        ]
+    null = policy.decide_mail(S, "", "inner.example", spf("pass", "inner.example", "helo"), now=NOW)
+    rcpt = policy.decide_rcpt_srs(S, f"<{srs_addr}>", srs_addr, [], NOW)
+    report = dsn.parse((BOUNCES / raw_name).read_bytes()) if raw_name else None
+    return tx(null, rcpt, records={key: records}, dsn=report, **kw), srs_addr
+
+
+def test_bounce_for_bouncable_message_goes_to_the_sender() -> None:
+    t, srs_addr = bounce_tx("B")
+    d = policy.decide_eom(S, t)
+    assert not d.quarantine and d.holds == []
+    assert d.delrcpt == [f"<{srs_addr}>"]
+    assert d.addrcpt == [("<alice@example.org>", ())]
+    assert d.chgfrom is None  # a bounce keeps its null sender
+
+
+@pytest.mark.parametrize("state", ["U", None])
+def test_bounce_for_unbouncable_or_unknown_message_is_held(state: str | None) -> None:
+    t, srs_addr = bounce_tx(state)
+    d = policy.decide_eom(S, t)
+    assert d.quarantine.startswith("fwdmilter: bounce held")
+    assert d.delrcpt == [] and d.addrcpt == []
+    (entry,) = d.holds
+    assert entry.state == "H"
+    assert entry.target == "broken@inner.example"  # from the record, or the DSN
+    assert entry.sender == "alice@example.org"
+    assert entry.queue_id == "QID1" and entry.entry_id == "mx.fwd.example/QID1"
+    assert entry.reason.startswith("5.1.1")
+    if state:
+        assert d.state_changes == [(srs_addr.lower(), "abcdefgh23456789.0", "H")]
+
+
+def test_non_dsn_bounce_without_record_is_held_for_an_unknown_target() -> None:
+    t, _ = bounce_tx(None, raw_name=None, dsn_error="content type is text/plain")
+    d = policy.decide_eom(S, t)
+    (entry,) = d.holds
+    assert entry.target == "unknown"
+    assert "not a delivery status notification" in entry.reason
+
+
+def test_requeued_message_that_fails_again_is_held_again() -> None:
+    t, srs_addr = bounce_tx("R")
+    d = policy.decide_eom(S, t)
+    assert d.quarantine
+    assert d.holds == []
+    assert [(t, e) for t, e, _ in d.reholds] == [("broken@inner.example", "mx.fwd.example/QOLD")]
+    assert d.reholds[0][2].startswith("5.1.1")
+    assert d.state_changes == [(srs_addr.lower(), "abcdefgh23456789.0", "H")]
+
+
+def test_delivery_notice_for_requeued_message_releases_and_is_discarded() -> None:
+    t, srs_addr = bounce_tx("R", "relayed.eml")
+    d = policy.decide_eom(S, t)
+    assert d.discard and not d.quarantine
+    assert d.releases == [("broken@inner.example", "mx.fwd.example/QOLD")]
+    assert d.state_changes == [(srs_addr.lower(), "abcdefgh23456789.0", "done")]
+
+
+def test_delay_notice_for_unbouncable_message_is_dropped_not_held() -> None:
+    t, _ = bounce_tx("U", "delayed.eml")
+    d = policy.decide_eom(S, t)
+    assert d.discard and d.holds == [] and not d.quarantine
+
+
+def test_delay_notice_for_bouncable_message_is_delivered() -> None:
+    t, _ = bounce_tx("B", "delayed.eml")
+    d = policy.decide_eom(S, t)
+    assert d.addrcpt == [("<alice@example.org>", ())]
+
+
+def test_null_sender_held_by_recipient_policy() -> None:
+    bounce = policy.decide_mail(
+        S, "", "mx.example.org", spf("pass", "mx.example.org", "helo"), now=NOW
+    )
+    hold = RcptDecision("<bob@fwd.example>", "hold", forward=replace(BOB, null_sender="hold"))
+    d = policy.decide_eom(S, tx(bounce, hold))
+    assert d.quarantine
+    (entry,) = d.holds
+    assert (entry.state, entry.target, entry.contact) == (
+        "N",
+        "bob@inner.example",
+        "bob@mobile.example",
+    )
+
+
+def test_trace_ids_pick_ours_newest_first() -> None:
+    values = ["fwd.example; id=new; by=a", "other.example; id=x; by=b", "FWD.example ; id=old"]
+    assert policy.trace_ids(S, values) == ["new", "old"]
+    assert policy.count_trace(S, values) == 2

@@ -442,3 +442,11 @@ def test_only_postfix_reaches_a_socket_in_that_folder(open_tmp_path: Path) -> No
         assert as_user(fwd_uid + 7, fwd_gid + 7, connect) == 2, "another user connected"
     finally:
         listener.close()
+
+
+def test_install_guide_installs_every_file_and_no_other() -> None:
+    guide = (SYSTEMD_DIR.parent / "docs/install.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"\bsystemd/([\w.-]+\.(?:service|timer|sysusers|tmpfiles))\b", guide))
+    assert named == {path.name for path in SYSTEMD_DIR.iterdir()}
+    for installed in INSTALLED_SCRIPTS:
+        assert installed in guide

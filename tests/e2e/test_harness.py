@@ -11,7 +11,7 @@ from dns.exception import Timeout as DnsTimeout
 from dns.resolver import NXDOMAIN
 
 from tests.harness.dns import ZONES, DnsName, DnsServer
-from tests.harness.mail_fixtures import MailWorld
+from tests.harness.mail_fixtures import BorderFactory, MailWorld
 from tests.harness.postfix import PostfixInstance
 from tests.harness.probe_milter import HEADER, QUARANTINE_MARKER, ProbeMilter
 from tests.harness.sink import Sink
@@ -21,13 +21,13 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def plain(border_factory) -> PostfixInstance:  # type: ignore[no-untyped-def]
+def plain(border_factory: BorderFactory) -> PostfixInstance:
     """A BORDER without any milter."""
     return border_factory(name="plain")
 
 
 @pytest.fixture(scope="module")
-def probed(border_factory, probe_milter: ProbeMilter) -> PostfixInstance:  # type: ignore[no-untyped-def]
+def probed(border_factory: BorderFactory, probe_milter: ProbeMilter) -> PostfixInstance:
     """A BORDER whose own bounces pass the probe milter; a second port runs it in smtpd too."""
     return border_factory(
         name="probed",
@@ -150,6 +150,23 @@ def test_message_through_border_and_inner_arrives_with_envelope(
     received = msg.email.get_all("Received")
     assert "by mx.inner.example" in received[0] and "by plain.fwd.example" in received[1]
     assert t.queue_id in received[1]
+
+
+def test_smtputf8_and_8bit_mail_pass_through(mail: MailWorld, plain: PostfixInstance) -> None:
+    tok = unique()
+    sender, rcpt = f"josé+{tok}@pass.example", f"erin+{tok}@inner.example"
+    t = mail.send(
+        plain,
+        sender,
+        [rcpt],
+        make_message(sender, rcpt, subject=f"ünïcode {tok}", body="Grüße\n"),
+        mail_options=["SMTPUTF8", "BODY=8BITMIME"],
+    )
+    assert t.accepted, t
+    msg = mail.wait_for(rcpt)
+    assert msg.mail_from == sender and "SMTPUTF8" in msg.mail_params
+    assert msg.mail_params["BODY"] == "8BITMIME"
+    assert "Grüße".encode() in msg.data
 
 
 def test_outsider_may_not_relay_but_may_send_to_our_domains(

@@ -36,7 +36,16 @@ A test::
         assert border.queue("hold") == []
 
 BORDER's ``mynetworks`` is 127.0.0.1 alone: a client at another 127.0.0.0/8
-address is "the internet" and may not relay to third domains.
+address is "the internet" and may not relay to third domains. Postfix does
+no reverse lookups (``smtpd_peername_lookup = no``): every client is
+``unknown[127.0.0.x]`` to it and to its milters.
+
+A milter under test: put its socket at ``runtime.socket("name")`` (Postfix
+connects as user ``postfix``, which cannot enter pytest's private temp
+folder) and make the socket writable by that user (umask 0, or chmod); give
+it ``mail.dns.port`` as its resolver. In a test module the fixture ``dns``
+shadows the dnspython package: import its names (``from dns.resolver import
+NXDOMAIN``) instead.
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ __all__ = [
     "INNER_DOMAIN",
     "INNER_USERS",
     "FWD_DOMAIN",
+    "SINK_LISTENERS",
     "BorderFactory",
     "MailWorld",
 ]

@@ -9,6 +9,8 @@ import pytest
 
 from tests.harness.peers import MailSRS
 
+pytest_plugins = ["tests.harness.redis_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

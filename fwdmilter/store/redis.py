@@ -233,6 +233,24 @@ return 1
 """
 )
 
+# KEYS: one hash.  ARGV: field, value, ...  Replaces the whole hash.
+_REPLACE_HASH = _Script("""
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+""")
+
+# KEYS: message, its address's set.  ARGV: record_id, ttl in ms, field, value, ...
+_IMPORT_RECORD = _Script("""
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2], 'NX')
+redis.call('PEXPIRE', KEYS[2], ARGV[2], 'GT')
+return 1
+""")
+
 # KEYS: one hash.  ARGV: field, value.  Sets a field of a hash that exists
 # (HSET keeps the key's TTL); creates nothing.
 _SET_IF_EXISTS = _Script("""
@@ -242,6 +260,8 @@ return 1
 """)
 
 _SCRIPTS: Final = (
+    _REPLACE_HASH,
+    _IMPORT_RECORD,
     _HOLD,
     _MARK_REQUEUED,
     _REHOLD,
@@ -737,38 +757,67 @@ class RedisStore(Store):
 
     @_guarded
     def import_items(self, items: Iterable[Forward | MessageRecord | HeldEntry]) -> int:
+        # Each item is stored by one script (atomic on its own, so a copy cut
+        # short never leaves a record without its TTL); the scripts go out in
+        # pipelines of _BATCH, one round trip each.
         now = self._clock()
         stored = 0
+        batch: list[tuple[_Script, list[str], list[str]]] = []
         for item in items:
             if isinstance(item, Forward):
-                self.put_forward(item)
+                if not item.rcpt:
+                    raise ValueError("a forward needs a recipient")
+                call = (
+                    _REPLACE_HASH,
+                    [self._forward_key(item.rcpt)],
+                    _flat(_codec.forward_fields(item)),
+                )
             elif isinstance(item, MessageRecord):
                 if item.expires <= 0:
                     raise ValueError(f"message record {item.record_id!r} has no expiry")
                 if item.expires <= now:
                     continue
-                self._import_record(item)
+                # A TTL relative to the store's clock, as record_messages sets
+                # it, so that ``expires`` and the key's real expiry agree.
+                ms = max(1, round((item.expires - now) * 1000))
+                keys = [self._message_key(item.srs, item.record_id), self._messages_key(item.srs)]
+                args = [item.record_id, str(ms), *_flat(_codec.record_fields(item))]
+                call = (_IMPORT_RECORD, keys, args)
             else:
-                args: list[str] = [item.entry_id, item.state]
-                for field, value in _codec.held_fields(item).items():
-                    args += (field, value)
-                self._eval(_IMPORT_HELD, self._held_keys(item.target, item.entry_id), args)
+                keys = self._held_keys(item.target, item.entry_id)
+                args = [item.entry_id, item.state, *_flat(_codec.held_fields(item))]
+                call = (_IMPORT_HELD, keys, args)
+            batch.append(call)
+            if len(batch) >= _BATCH:
+                self._run_scripts(batch)
+                batch = []
             stored += 1
+        if batch:
+            self._run_scripts(batch)
         return stored
 
-    def _import_record(self, r: MessageRecord) -> None:
-        key = self._message_key(r.srs, r.record_id)
-        index = self._messages_key(r.srs)
-        at_ms = round(r.expires * 1000)
-        pipe = self._pipeline(transaction=True)
-        pipe.delete(key)
-        pipe.hset(key, mapping=_codec.record_fields(r))
-        pipe.pexpireat(key, at_ms)
-        pipe.sadd(index, r.record_id)
-        pipe.pexpireat(index, at_ms, nx=True)
-        pipe.pexpireat(index, at_ms, gt=True)
-        self._trip()
-        pipe.execute()
+    def _run_scripts(self, calls: Sequence[tuple[_Script, list[str], list[str]]]) -> None:
+        """Many EVALSHA in one pipeline; all again if the server lost the scripts."""
+        if self._cluster:
+            # redis-py refuses EVALSHA in a cluster pipeline: one trip each.
+            for script, keys, args in calls:
+                self._eval(script, keys, args)
+            return
+        for attempt in range(2):
+            pipe = self._pipeline()
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            self._trip()
+            try:
+                pipe.execute()
+                return
+            except rx.NoScriptError:
+                if attempt:
+                    raise
+                # Every call replaces what it stores: running them again is safe.
+                for script in _SCRIPTS:
+                    self._trip()
+                    self._client.script_load(script.source)
 
 
 def _sum_counts(counts: Sequence[str | None]) -> int:
@@ -791,6 +840,8 @@ def open_redis(
     options = _connection_options(settings, url, instance)
     try:
         if url.scheme in ("redis", "rediss", "unix"):
+            if url.scheme != "unix" and not (url.path == "" or url.path.isdigit()):
+                raise ConfigError(f"store.url: the path is the database number, not {name!r}")
             client = redis.Redis.from_url(settings.url, **options)
             return RedisStore(client, prefix=settings.prefix, name=name, clock=clock)
         if url.username:
@@ -902,3 +953,8 @@ def _client_name(instance: str) -> str:
     # CLIENT SETNAME refuses spaces and newlines.
     safe = re.sub(r"[^A-Za-z0-9._@-]", "_", instance)
     return f"fwdmilter-{safe}" if safe else "fwdmilter"
+
+
+def _flat(fields: dict[str, str]) -> list[str]:
+    """field, value, field, value... for HSET in a script."""
+    return [x for pair in fields.items() for x in pair]

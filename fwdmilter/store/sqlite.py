@@ -158,11 +158,19 @@ def translate_error(exc: sqlite3.Error, name: str) -> StoreError:
     if code is None or (code & 0xFF) in _TEMPORARY_CODES:
         return StoreUnavailable(f"{name}: {label}: {exc}")
     advice = {
-        8: "the file or its folder is read-only to the milter's user",  # READONLY
-        11: "the database is corrupt: restore a backup",  # CORRUPT
-        26: "the file is not an SQLite database",  # NOTADB
+        8: "the file or its folder is read-only to this user: give the milter's user"
+        " write access to both",  # READONLY
+        11: _CORRUPT_ADVICE,  # CORRUPT
+        26: "the file is not an SQLite database: move it away (a new one is created)"
+        " or fix store.url",  # NOTADB
     }.get(code & 0xFF, "the database does not have the layout this fwdmilter expects")
-    return StoreSchemaError(f"{name}: {label}: {exc} ({advice})")
+    return StoreSchemaError(f"{name}: {label}: {exc}; {advice}")
+
+
+_CORRUPT_ADVICE: Final = (
+    "the database is corrupt: stop every fwdmilter and fwdctl using it, then restore"
+    " a backup or try `sqlite3 FILE .recover`"
+)
 
 
 def _guarded(
@@ -324,26 +332,10 @@ class SQLiteStore(Store):
                     raise self._newer(version, target)
                 problems = [str(r["quick_check"]) for r in conn.execute("PRAGMA quick_check(5)")]
                 mode = str(_first(conn, "PRAGMA journal_mode = WAL")) if problems == ["ok"] else ""
-            except sqlite3.DatabaseError as exc:
-                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-                if code == 26:  # NOTADB
-                    raise self._refuse(
-                        "the file is not an SQLite database",
-                        "move it away (a new one is created) or fix store.url",
-                    ) from None
-                if code == 11:  # CORRUPT
-                    raise self._refuse(
-                        f"the database is corrupt ({exc})",
-                        "stop every fwdmilter and fwdctl, then restore a backup or try"
-                        " `sqlite3 FILE .recover`",
-                    ) from None
+            except sqlite3.Error as exc:
                 raise translate_error(exc, self.name) from exc
             if problems != ["ok"]:
-                raise self._refuse(
-                    "the database is corrupt (quick_check: " + "; ".join(problems) + ")",
-                    "stop every fwdmilter and fwdctl, then restore a backup or try"
-                    " `sqlite3 FILE .recover`",
-                )
+                raise self._refuse("quick_check: " + " / ".join(problems), _CORRUPT_ADVICE)
             if mode.lower() != "wal":
                 raise self._refuse(
                     f"cannot use the WAL journal (journal_mode is {mode})",

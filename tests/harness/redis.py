@@ -56,15 +56,52 @@ def make_tls_files(folder: Path) -> TLSFiles:
     folder.mkdir(parents=True, exist_ok=True)
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
     ca, ca_key = folder / "ca.pem", folder / "ca.key"
-    _openssl("req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2",
-             "-subj", "/CN=fwdmilter test CA")  # fmt: skip
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        ca_key,
+        "-out",
+        ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=fwdmilter test CA",
+    )
     files = {}
     for who, san in (("server", "IP:127.0.0.1,DNS:localhost"), ("client", "DNS:client")):
         key, csr, cert = folder / f"{who}.key", folder / f"{who}.csr", folder / f"{who}.pem"
-        _openssl("req", "-new", *ec, "-keyout", key, "-out", csr,
-                 "-subj", f"/CN=fwdmilter test {who}", "-addext", f"subjectAltName={san}")  # fmt: skip
-        _openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
-                 "-out", cert, "-days", "2", "-copy_extensions", "copy")  # fmt: skip
+        _openssl(
+            "req",
+            "-new",
+            *ec,
+            "-keyout",
+            key,
+            "-out",
+            csr,
+            "-subj",
+            f"/CN=fwdmilter test {who}",
+            "-addext",
+            f"subjectAltName={san}",
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-copy_extensions",
+            "copy",
+        )
         files[who] = (cert, key)
     for path in folder.iterdir():
         path.chmod(0o644)  # readable by an unprivileged test process too
@@ -196,8 +233,15 @@ class RedisServer:
         if self.acl_user:
             args += ["--user", "admin", "--pass", "admin-secret", "--no-auth-warning"]
         if self.tls:
-            args += ["--tls", "--cacert", str(self.tls.ca), "--cert", str(self.tls.client_cert),
-                     "--key", str(self.tls.client_key)]  # fmt: skip
+            args += [
+                "--tls",
+                "--cacert",
+                str(self.tls.ca),
+                "--cert",
+                str(self.tls.client_cert),
+                "--key",
+                str(self.tls.client_key),
+            ]
         return args
 
     def cli(self, *args: str) -> str:
@@ -267,10 +311,17 @@ class RedisCluster3:
                 ]
                 self.nodes.append(RedisServer(folder, extra=extra))
             subprocess.run(
-                ["redis-cli", "--cluster", "create",
-                 *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-yes"],
-                check=True, capture_output=True, timeout=60,
-            )  # fmt: skip
+                [
+                    "redis-cli",
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
             wait_until(self._ready, 30, "cluster_state:ok on every node")
         except BaseException:
             self.stop()

@@ -22,7 +22,9 @@ Atomicity
   import of held entries) are Lua scripts run with EVALSHA: the entry, the
   index and the counters of one target change together or not at all, and
   every script checks the entry's state first, so a transition that a lost
-  reply made the caller repeat cannot count twice.
+  reply made the caller repeat cannot count twice. Deleting a forward, and
+  setting a field of a record or entry only if it still exists, are scripts
+  too.
 - ``record_messages`` is one MULTI/EXEC transaction (one round trip); on a
   cluster, one transaction per SRS address (each in its own slot).
 - ``rcpt_info`` pipelines HGETALL of each forward with HMGET of the counters
@@ -233,6 +235,19 @@ return 1
 """
 )
 
+# KEYS: a forward.  ARGV: moved_to, now.  Deletes it, or turns it into a
+# moved entry (keeping rcpt, contact and created).
+_DELETE_FORWARD = _Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('HSET', KEYS[1], 'target', '', 'null_sender', 'forward',
+             'moved_to', ARGV[1], 'updated', ARGV[2])
+end
+return 1
+""")
+
 # KEYS: one hash.  ARGV: field, value, ...  Replaces the whole hash.
 _REPLACE_HASH = _Script("""
 redis.call('DEL', KEYS[1])
@@ -260,6 +275,7 @@ return 1
 """)
 
 _SCRIPTS: Final = (
+    _DELETE_FORWARD,
     _REPLACE_HASH,
     _IMPORT_RECORD,
     _HOLD,
@@ -468,26 +484,12 @@ class RedisStore(Store):
 
     @_guarded
     def delete_forward(self, rcpt: str, moved_to: str = "", now: float = 0.0) -> bool:
-        old = self.get_forward(rcpt)
-        key = self._forward_key(rcpt)
-        if old is None:
-            return False
-        if moved_to:
-            moved = Forward(
-                rcpt=rcpt,
-                target="",
-                contact=old.contact,
-                moved_to=moved_to,
-                created=old.created,
-                updated=now,
-            )
-            self.put_forward(moved)
-        else:
-            self._trip()
-            self._client.delete(key)
+        deleted = bool(
+            self._eval(_DELETE_FORWARD, [self._forward_key(rcpt)], [moved_to, repr(float(now))])
+        )
         with self._lock:
             self._targets.pop(rcpt, None)
-        return True
+        return deleted
 
     @_guarded
     def list_forwards(self) -> list[Forward]:

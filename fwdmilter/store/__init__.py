@@ -41,7 +41,9 @@ def open_store(
     """The store ``settings.url`` names, checked and ready for every thread.
 
     ``instance`` names this milter to a Redis server (``CLIENT LIST`` shows
-    ``fwdmilter-INSTANCE``); ``clock`` is for tests.
+    ``fwdmilter-INSTANCE``); ``clock`` is for tests. Open the store in the
+    process that uses it, after any fork: SQLite connections must not cross
+    a fork.
     """
     scheme = settings.url.partition("://")[0]
     if scheme == "sqlite":

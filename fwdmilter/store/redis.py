@@ -327,7 +327,11 @@ class RedisStore(Store):
         self._targets: OrderedDict[str, str] = OrderedDict()  # rcpt -> target last seen
         self._lock = threading.Lock()
         self._closing = [*closing, client.close]
-        self._open()
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
 
     # -- keys --------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -222,6 +223,51 @@ def test_outage_then_recovery_with_the_same_store(redis_private: RedisServer) ->
         assert store.held_counts(entry().target) == (1, 0)
     finally:
         store.close()
+
+
+def test_outage_under_load(redis_private: RedisServer) -> None:
+    """Threads keep working through a stop and a restart: while Redis is away
+    every failure is StoreUnavailable, and afterwards every thread succeeds."""
+    store = _open(StoreSettings(url=redis_private.url, timeout=0.5))
+    outcomes: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def work(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                store.put_forward(fwd(f"u{n}@fwd.example", f"t{n}@dest.example"))
+                store.rcpt_info([f"u{n}@fwd.example"])
+                store.record_messages([rec(record_id=f"{n}.{i}")], 60)
+                store.hold(entry(f"t{n}@dest.example", f"mx1/{i}"))
+                store.drop(f"t{n}@dest.example", f"mx1/{i}")
+                outcomes.append((time.monotonic(), "ok"))
+            except StoreUnavailable:
+                outcomes.append((time.monotonic(), "unavailable"))
+                time.sleep(0.01)
+            except Exception as exc:  # noqa: BLE001 (the test's point: nothing else)
+                outcomes.append((time.monotonic(), repr(exc)))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        redis_private.stop()
+        time.sleep(0.5)
+        redis_private.restart()
+        back = time.monotonic()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        store.close()
+    kinds = {kind for _, kind in outcomes}
+    assert kinds == {"ok", "unavailable"}, kinds
+    after = [kind for at, kind in outcomes if at > back + 0.6]  # timeout + margin
+    assert after and set(after) == {"ok"}
 
 
 def test_a_stalled_server_times_out_and_does_not_poison_the_pool(

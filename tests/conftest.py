@@ -9,7 +9,7 @@ import pytest
 
 from tests.harness.peers import MailSRS
 
-pytest_plugins = ["tests.harness.mail_fixtures"]
+pytest_plugins = ["tests.harness.mail_fixtures", "tests.harness.redis_fixtures"]
 
 
 @pytest.fixture(scope="session")

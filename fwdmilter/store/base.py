@@ -33,9 +33,18 @@ case as mail admins expect.
 Failures
 --------
 Every method may raise :class:`~fwdmilter.errors.StoreUnavailable` (cannot
-reach the store now: the milter answers 4xx) or
-:class:`~fwdmilter.errors.StoreSchemaError` (corrupt or newer data). No other
-exception escapes a backend.
+reach the store now, or it is busy or full: the milter answers 4xx) or
+:class:`~fwdmilter.errors.StoreSchemaError` (permanent until an admin acts:
+corrupt or newer data, data of the wrong type under our keys, a password or
+ACL the store refuses, a file the milter cannot write). No other exception
+escapes a backend; a :class:`ValueError` means the caller broke this
+contract (a bug, not an outage).
+
+Time
+----
+Each backend reads the clock through a ``clock`` callable given when it is
+built (``time.time`` by default), so that tests can inject the time; the
+methods that take ``now`` use the caller's time instead.
 
 Thread safety
 -------------
@@ -193,6 +202,8 @@ class Store(abc.ABC):
     def delete_forward(self, rcpt: str, moved_to: str = "", now: float = 0.0) -> bool:
         """Delete ``rcpt``; with ``moved_to``, keep a moved entry instead.
 
+        The moved entry keeps ``created`` and ``contact``; its ``target`` is
+        empty, its ``null_sender`` the default and ``updated`` is ``now``.
         Returns False if there was no entry.
         """
 
@@ -216,6 +227,8 @@ class Store(abc.ABC):
         """Store ``records``, each to expire ``ttl`` seconds from now.
 
         One round trip for a networked backend, atomic per SRS address.
+        A record with the ``srs`` and ``record_id`` of a stored one replaces
+        it. ``ttl`` must be positive.
         """
 
     @abc.abstractmethod
@@ -226,14 +239,24 @@ class Store(abc.ABC):
     def set_message_state(self, srs: str, record_id: str, state: MessageState) -> bool:
         """Change one record's state, keeping its lifetime. False if it is gone."""
 
+    @abc.abstractmethod
+    def purge(self, now: float) -> int:
+        """Delete the message records expired at ``now``; the number deleted.
+
+        Reads never return expired records whatever this does; purging only
+        gives the space back. A backend whose records expire by themselves
+        (Redis TTLs) returns 0.
+        """
+
     # -- held mail -------------------------------------------------------------
 
     @abc.abstractmethod
     def hold(self, entry: HeldEntry) -> bool:
         """Add an H entry and count it, or an N entry (not counted), atomically.
 
-        ``entry.state`` must be "H" or "N". Returns False, changing nothing,
-        if the target already has an entry with that ``entry_id``.
+        ``entry.state`` must be "H" or "N" (else ValueError). Returns False,
+        changing nothing, if the target already has an entry with that
+        ``entry_id``.
         """
 
     @abc.abstractmethod
@@ -255,7 +278,11 @@ class Store(abc.ABC):
     ) -> bool:
         """R -> H for one entry whose requeued message failed again.
 
-        The entry now names the new held bounce. False unless it was R.
+        The entry now names the new held bounce: ``queue_id``, ``host`` and
+        ``reason`` are replaced, ``held_at`` becomes ``now`` (its retention
+        starts again) and ``alerted`` becomes False (the new bounce is news
+        to the recipient's contact). ``requeued_at`` keeps the time of the
+        last requeue. False unless it was R.
         """
 
     @abc.abstractmethod

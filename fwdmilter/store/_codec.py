@@ -1,0 +1,234 @@
+"""Stored items as flat string maps, and back: shared by the backends.
+
+A Redis hash and an SQLite row hold the same fields under the same names as
+the dataclasses of :mod:`fwdmilter.store.base`. Reading validates what it
+reads: a missing field or a state this version does not know is corrupt
+data, reported as :class:`~fwdmilter.errors.StoreSchemaError` naming where
+it was found, never a ``KeyError`` from deep inside the milter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final, cast
+
+from fwdmilter.errors import StoreSchemaError
+from fwdmilter.store.base import (
+    Forward,
+    HeldEntry,
+    HeldState,
+    MessageRecord,
+    MessageState,
+    NullSenderPolicy,
+)
+
+__all__ = [
+    "FORWARD_FIELDS",
+    "HELD_FIELDS",
+    "HELD_STATES",
+    "MESSAGE_FIELDS",
+    "MESSAGE_STATES",
+    "check_state",
+    "forward_fields",
+    "forward_from",
+    "held_fields",
+    "held_from",
+    "record_fields",
+    "record_from",
+]
+
+FORWARD_FIELDS: Final = (
+    "rcpt",
+    "target",
+    "contact",
+    "null_sender",
+    "moved_to",
+    "created",
+    "updated",
+)
+MESSAGE_FIELDS: Final = (
+    "srs",
+    "record_id",
+    "msg_id",
+    "state",
+    "sender",
+    "rcpt",
+    "target",
+    "created",
+    "instance",
+    "queue_id",
+    "held_id",
+    "expires",
+)
+HELD_FIELDS: Final = (
+    "target",
+    "entry_id",
+    "state",
+    "sender",
+    "rcpt",
+    "queue_id",
+    "host",
+    "reason",
+    "held_at",
+    "srs",
+    "msg_id",
+    "contact",
+    "requeued_at",
+    "alerted",
+)
+MESSAGE_STATES: Final[frozenset[str]] = frozenset({"B", "U", "R", "H", "done"})
+HELD_STATES: Final[frozenset[str]] = frozenset({"H", "R"})
+NULL_SENDER_POLICIES: Final[frozenset[str]] = frozenset({"forward", "hold"})
+
+
+def _num(value: float) -> str:
+    # repr() of a float reads back exactly; Redis shows it as typed.
+    return repr(float(value))
+
+
+def forward_fields(f: Forward) -> dict[str, str]:
+    return {
+        "rcpt": f.rcpt,
+        "target": f.target,
+        "contact": f.contact,
+        "null_sender": f.null_sender,
+        "moved_to": f.moved_to,
+        "created": _num(f.created),
+        "updated": _num(f.updated),
+    }
+
+
+def record_fields(r: MessageRecord) -> dict[str, str]:
+    return {
+        "srs": r.srs,
+        "record_id": r.record_id,
+        "msg_id": r.msg_id,
+        "state": r.state,
+        "sender": r.sender,
+        "rcpt": r.rcpt,
+        "target": r.target,
+        "created": _num(r.created),
+        "instance": r.instance,
+        "queue_id": r.queue_id,
+        "held_id": r.held_id,
+        "expires": _num(r.expires),
+    }
+
+
+def held_fields(e: HeldEntry) -> dict[str, str]:
+    return {
+        "target": e.target,
+        "entry_id": e.entry_id,
+        "state": e.state,
+        "sender": e.sender,
+        "rcpt": e.rcpt,
+        "queue_id": e.queue_id,
+        "host": e.host,
+        "reason": e.reason,
+        "held_at": _num(e.held_at),
+        "srs": e.srs,
+        "msg_id": e.msg_id,
+        "contact": e.contact,
+        "requeued_at": _num(e.requeued_at),
+        "alerted": "1" if e.alerted else "0",
+    }
+
+
+class _Reader:
+    """Typed access to one stored map; errors name ``where`` and the field."""
+
+    def __init__(self, data: Mapping[str, object], where: str) -> None:
+        self.data = data
+        self.where = where
+
+    def _raw(self, name: str, default: object) -> object:
+        value = self.data.get(name, default)
+        if value is None:
+            if default is None:
+                raise StoreSchemaError(f"{self.where}: field {name!r} is missing")
+            return default
+        return value
+
+    def text(self, name: str, default: str | None = None) -> str:
+        return str(self._raw(name, default))
+
+    def number(self, name: str, default: float | None = None) -> float:
+        value = self._raw(name, default)
+        try:
+            return float(cast("str | float", value))
+        except (TypeError, ValueError):
+            raise StoreSchemaError(
+                f"{self.where}: field {name!r} is not a number: {value!r}"
+            ) from None
+
+    def flag(self, name: str) -> bool:
+        return self.text(name, "0") not in ("0", "", "False", "false")
+
+    def choice(self, name: str, allowed: frozenset[str], default: str | None = None) -> str:
+        value = self.text(name, default)
+        if value not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise StoreSchemaError(
+                f"{self.where}: field {name!r} is {value!r}, not one of {known}"
+                " (written by a newer fwdmilter?)"
+            )
+        return value
+
+
+def forward_from(data: Mapping[str, object], where: str) -> Forward:
+    r = _Reader(data, where)
+    return Forward(
+        rcpt=r.text("rcpt"),
+        target=r.text("target", ""),
+        contact=r.text("contact", ""),
+        null_sender=cast(
+            NullSenderPolicy, r.choice("null_sender", NULL_SENDER_POLICIES, "forward")
+        ),
+        moved_to=r.text("moved_to", ""),
+        created=r.number("created", 0.0),
+        updated=r.number("updated", 0.0),
+    )
+
+
+def record_from(data: Mapping[str, object], where: str) -> MessageRecord:
+    r = _Reader(data, where)
+    return MessageRecord(
+        srs=r.text("srs"),
+        record_id=r.text("record_id"),
+        msg_id=r.text("msg_id", ""),
+        state=cast(MessageState, r.choice("state", MESSAGE_STATES)),
+        sender=r.text("sender", ""),
+        rcpt=r.text("rcpt", ""),
+        target=r.text("target", ""),
+        created=r.number("created", 0.0),
+        instance=r.text("instance", ""),
+        queue_id=r.text("queue_id", ""),
+        held_id=r.text("held_id", ""),
+        expires=r.number("expires", 0.0),
+    )
+
+
+def held_from(data: Mapping[str, object], where: str) -> HeldEntry:
+    r = _Reader(data, where)
+    return HeldEntry(
+        target=r.text("target"),
+        entry_id=r.text("entry_id"),
+        state=cast(HeldState, r.choice("state", HELD_STATES)),
+        sender=r.text("sender", ""),
+        rcpt=r.text("rcpt", ""),
+        queue_id=r.text("queue_id", ""),
+        host=r.text("host", ""),
+        reason=r.text("reason", ""),
+        held_at=r.number("held_at", 0.0),
+        srs=r.text("srs", ""),
+        msg_id=r.text("msg_id", ""),
+        contact=r.text("contact", ""),
+        requeued_at=r.number("requeued_at", 0.0),
+        alerted=r.flag("alerted"),
+    )
+
+
+def check_state(state: str) -> None:
+    """ValueError unless ``state`` is a message state (a caller's bug)."""
+    if state not in MESSAGE_STATES:
+        raise ValueError(f"not a message state: {state!r}")

@@ -1,45 +1,49 @@
 """fwdctl: the admin's tool.
 
-    fwdctl [--config PATH] srs forward ADDR...      SRS addresses for senders
-    fwdctl [--config PATH] srs reverse ADDR...      where bounces to them go
+    fwdctl [--config PATH] srs forward|reverse [ADDR...]
+    fwdctl forward set RCPT TARGET [--contact ADDR] [--null-sender forward|hold]
+    fwdctl forward show RCPT [--json]
+    fwdctl forward list [--json]
+    fwdctl forward delete RCPT [--moved-to ADDR]
+    fwdctl held list [--target ADDR | --domain DOMAIN] [--json]
+    fwdctl held requeue --target ADDR | --domain DOMAIN
+    fwdctl held expire [--now UNIXTIME]
+    fwdctl stats [--json]
+    fwdctl store migrate --to URL
 
 Without ADDR, the srs commands read one address per line from standard
-input. Results go to standard output, one line each; a refusal prints an
-error line naming the address and the reason to standard error, and the exit
-status is 1 if anything was refused. A configuration that cannot be used
-exits 2.
+input; results go to standard output, one line each, and a refusal prints
+an error line naming the address and the reason to standard error.
+
+Exit status: 0 done; 1 something was refused or failed (each said on
+standard error); 2 the configuration, the store or the MTA cannot be used.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TextIO
+from dataclasses import asdict
+from typing import Any, TextIO
 
-from fwdmilter import __version__, config
+from fwdmilter import __version__, addr, config
 from fwdmilter.errors import FwdmilterError
-from fwdmilter.secrets import load_secrets
-from srs import SRS, SRSError
+from fwdmilter.runtime import make_srs
+from fwdmilter.store.base import Forward, HeldEntry, Store
+from srs import SRSError
 
-__all__ = ["main", "make_srs"]
+__all__ = ["main"]
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_CONFIG = 2
 
 
-def make_srs(cfg: config.Config) -> SRS:
-    """The SRS rewriter the configuration describes (reads the secrets file)."""
-    s = cfg.srs
-    return SRS(
-        secrets=load_secrets(s.secrets_file),
-        domain=s.domain,
-        hash_length=s.hash_length,
-        hash_min_length=s.hash_min_length,
-        max_age_days=s.max_age_days,
-        separator=s.separator,
-    )
+class UsageError(FwdmilterError):
+    """The command line asks for something that cannot be done."""
 
 
 def _inputs(args: Sequence[str], stdin: TextIO) -> Iterable[str]:
@@ -47,25 +51,239 @@ def _inputs(args: Sequence[str], stdin: TextIO) -> Iterable[str]:
         yield from args
         return
     for line in stdin:
-        if addr := line.strip():
-            yield addr
+        if item := line.strip():
+            yield item
 
 
 def _map_addresses(fn: Callable[[str], str], addrs: Iterable[str], out: TextIO, err: TextIO) -> int:
     status = EXIT_OK
-    for addr in addrs:
+    for address in addrs:
         try:
-            out.write(fn(addr) + "\n")
+            out.write(fn(address) + "\n")
         except SRSError as exc:
-            err.write(f"fwdctl: {addr}: {type(exc).__name__}: {exc}\n")
+            err.write(f"fwdctl: {address}: {type(exc).__name__}: {exc}\n")
             status = EXIT_REFUSED
     return status
+
+
+def _store(cfg: config.Config) -> Store:
+    from fwdmilter.store import open_store  # noqa: PLC0415 - srs commands need no store
+
+    return open_store(cfg.store, instance=cfg.milter.hostname)
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "-"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m"
+    if seconds < 86400 * 2:
+        return f"{int(seconds // 3600)}h"
+    return f"{int(seconds // 86400)}d"
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+# -- srs -------------------------------------------------------------------------
 
 
 def cmd_srs(args: argparse.Namespace, cfg: config.Config) -> int:
     rewriter = make_srs(cfg)
     fn = rewriter.forward if args.srs_command == "forward" else rewriter.reverse
     return _map_addresses(fn, _inputs(args.addresses, sys.stdin), sys.stdout, sys.stderr)
+
+
+# -- forward -----------------------------------------------------------------------
+
+
+def _check_address(value: str, what: str) -> str:
+    bare = addr.strip_brackets(value)
+    if addr.split(bare) is None or any(c.isspace() for c in bare):
+        raise UsageError(f"{what} {value!r} is not a mail address")
+    return bare
+
+
+def _forward_dict(f: Forward) -> dict[str, Any]:
+    return asdict(f) | {"active": f.active}
+
+
+def _forward_line(f: Forward) -> str:
+    if f.moved_to:
+        return f"{f.rcpt}  moved to {f.moved_to}"
+    extra = f"  contact={f.contact}" if f.contact else ""
+    extra += "  null-sender=hold" if f.null_sender == "hold" else ""
+    return f"{f.rcpt} -> {f.target}{extra}"
+
+
+def cmd_forward(args: argparse.Namespace, cfg: config.Config) -> int:
+    store = _store(cfg)
+    try:
+        sub = args.forward_command
+        if sub == "list":
+            forwards = store.list_forwards()
+            if args.json:
+                _print_json([_forward_dict(f) for f in forwards])
+            else:
+                for f in forwards:
+                    print(_forward_line(f))
+            return EXIT_OK
+        rcpt = addr.key(_check_address(args.rcpt, "recipient"))
+        if sub == "set":
+            target = _check_address(args.target, "target")
+            contact = _check_address(args.contact, "contact") if args.contact else ""
+            if addr.domain_of(rcpt) not in {d.lower() for d in cfg.forwarding.domains}:
+                print(
+                    f"fwdctl: warning: {rcpt} is not in forwarding.domains; the milter "
+                    "will not look it up until its domain is",
+                    file=sys.stderr,
+                )
+            now = time.time()
+            old = store.get_forward(rcpt)
+            store.put_forward(
+                Forward(
+                    rcpt=rcpt,
+                    target=target,
+                    contact=contact if args.contact is not None else (old.contact if old else ""),
+                    null_sender=args.null_sender or (old.null_sender if old else "forward"),
+                    created=old.created if old else now,
+                    updated=now,
+                )
+            )
+            print(_forward_line(store.get_forward(rcpt) or Forward(rcpt, target)))
+            return EXIT_OK
+        if sub == "show":
+            found = store.get_forward(rcpt)
+            if found is None:
+                print(f"fwdctl: {rcpt}: no such forwarding address", file=sys.stderr)
+                return EXIT_REFUSED
+            if args.json:
+                _print_json(_forward_dict(found))
+            else:
+                print(_forward_line(found))
+                print(f"  created {_when(found.created)}, updated {_when(found.updated)}")
+            return EXIT_OK
+        # delete
+        moved = _check_address(args.moved_to, "moved-to address") if args.moved_to else ""
+        if not store.delete_forward(rcpt, moved, now=time.time()):
+            print(f"fwdctl: {rcpt}: no such forwarding address", file=sys.stderr)
+            return EXIT_REFUSED
+        print(
+            f"{rcpt} deleted"
+            + (f"; mail for it is refused with 551 naming {moved}" if moved else "")
+        )
+        return EXIT_OK
+    finally:
+        store.close()
+
+
+# -- held --------------------------------------------------------------------------
+
+
+def _held_dict(e: HeldEntry, now: float) -> dict[str, Any]:
+    return asdict(e) | {"age_seconds": round(now - e.held_at)}
+
+
+def _selected(store: Store, args: argparse.Namespace) -> list[HeldEntry]:
+    target = addr.key(args.target) if args.target else None
+    domain = args.domain.lower().rstrip(".") if args.domain else None
+    return store.held(target=target, domain=domain)
+
+
+def cmd_held(args: argparse.Namespace, cfg: config.Config) -> int:
+    from fwdmilter import held  # noqa: PLC0415
+    from fwdmilter.mta import open_mta  # noqa: PLC0415
+
+    store = _store(cfg)
+    try:
+        now = args.now if getattr(args, "now", None) is not None else time.time()
+        sub = args.held_command
+        if sub == "list":
+            entries = _selected(store, args)
+            if args.json:
+                _print_json([_held_dict(e, now) for e in entries])
+                return EXIT_OK
+            if not entries:
+                print("nothing is held")
+            for e in entries:
+                print(
+                    f"{e.state}  {_age(now - e.held_at):>4}  {e.target}  from <{e.sender}>  "
+                    f"queue {e.host}/{e.queue_id}  {e.reason}"
+                )
+            return EXIT_OK
+        mta = open_mta(cfg.mta)
+        if sub == "requeue":
+            if not (args.target or args.domain):
+                raise UsageError("held requeue needs --target ADDR or --domain DOMAIN")
+            outcomes = held.requeue(cfg, store, mta, make_srs(cfg), _selected(store, args), now)
+            if not outcomes:
+                print("nothing is held for that")
+        else:  # expire
+            outcomes = held.expire(cfg, store, mta, now) + held.resend_alerts(cfg, store)
+        status = EXIT_OK
+        for o in outcomes:
+            line = f"{o.entry.target} {o.entry.host}/{o.entry.queue_id}: {o.message}"
+            if o.done:
+                print(line)
+            else:
+                print(f"fwdctl: {line}", file=sys.stderr)
+                status = EXIT_REFUSED
+        return status
+    finally:
+        store.close()
+
+
+# -- stats and store -----------------------------------------------------------------
+
+
+def cmd_stats(args: argparse.Namespace, cfg: config.Config) -> int:
+    store = _store(cfg)
+    try:
+        stats = store.stats()
+    finally:
+        store.close()
+    if args.json:
+        data = asdict(stats)
+        data["held_by_target"] = {t: {"H": h, "R": r} for t, (h, r) in stats.held_by_target.items()}
+        _print_json(data)
+        return EXIT_OK
+    print(f"forwarding addresses: {stats.forwards} active, {stats.moved} moved")
+    states = ", ".join(f"{k}={v}" for k, v in sorted(stats.messages.items())) or "none"
+    print(f"message records: {states}")
+    held_states = ", ".join(f"{k}={v}" for k, v in sorted(stats.held.items())) or "none"
+    print(f"held entries: {held_states}")
+    for target, (h, r) in sorted(stats.held_by_target.items()):
+        print(f"  {target}: H={h} R={r}")
+    return EXIT_OK
+
+
+def cmd_store(args: argparse.Namespace, cfg: config.Config) -> int:
+    from fwdmilter.store import open_store  # noqa: PLC0415
+    from fwdmilter.store.migrate import migrate  # noqa: PLC0415
+
+    dst_settings = config.with_store_url(cfg.store, args.to)
+    src = _store(cfg)
+    try:
+        dst = open_store(dst_settings, instance=cfg.milter.hostname)
+        try:
+            counts = migrate(src, dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    print(
+        "copied "
+        + ", ".join(f"{n} {what}" for what, n in counts.items())
+        + f" from {config.mask_url(cfg.store.url)} to {config.mask_url(args.to)}"
+    )
+    return EXIT_OK
+
+
+# -- the parser ----------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +307,57 @@ def build_parser() -> argparse.ArgumentParser:
         p = srs_sub.add_parser(name, help=text)
         p.add_argument("addresses", nargs="*", metavar="ADDR", help="addresses (default: stdin)")
     p_srs.set_defaults(func=cmd_srs)
+
+    p_fwd = sub.add_parser("forward", help="the forwarding table")
+    fwd_sub = p_fwd.add_subparsers(
+        dest="forward_command", required=True, metavar="set|show|list|delete"
+    )
+    p = fwd_sub.add_parser("set", help="forward RCPT's mail to TARGET")
+    p.add_argument("rcpt", metavar="RCPT")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--contact", metavar="ADDR", help="alternate contact told when mail is held")
+    p.add_argument(
+        "--null-sender",
+        choices=("forward", "hold"),
+        help="what to do with bounces (null sender) for RCPT (default: forward)",
+    )
+    p = fwd_sub.add_parser("show", help="show one forwarding address")
+    p.add_argument("rcpt", metavar="RCPT")
+    p.add_argument("--json", action="store_true")
+    p = fwd_sub.add_parser("list", help="list every forwarding address")
+    p.add_argument("--json", action="store_true")
+    p = fwd_sub.add_parser("delete", help="stop forwarding RCPT")
+    p.add_argument("rcpt", metavar="RCPT")
+    p.add_argument("--moved-to", metavar="ADDR", help="refuse RCPT's mail with 551 naming ADDR")
+    p_fwd.set_defaults(func=cmd_forward)
+
+    p_held = sub.add_parser("held", help="mail held instead of bounced to unverified senders")
+    held_sub = p_held.add_subparsers(
+        dest="held_command", required=True, metavar="list|requeue|expire"
+    )
+    for name, text in (
+        ("list", "list held and requeued mail"),
+        ("requeue", "send held mail again, once the target is fixed"),
+    ):
+        p = held_sub.add_parser(name, help=text)
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--target", metavar="ADDR", help="only mail for this target")
+        group.add_argument("--domain", metavar="DOMAIN", help="only mail for targets in DOMAIN")
+        if name == "list":
+            p.add_argument("--json", action="store_true")
+    p = held_sub.add_parser("expire", help="discard held mail older than held.retention_days")
+    p.add_argument("--now", type=float, metavar="UNIXTIME", help=argparse.SUPPRESS)
+    p_held.set_defaults(func=cmd_held)
+
+    p_stats = sub.add_parser("stats", help="counts per state and per target")
+    p_stats.add_argument("--json", action="store_true")
+    p_stats.set_defaults(func=cmd_stats)
+
+    p_store = sub.add_parser("store", help="the store itself")
+    store_sub = p_store.add_subparsers(dest="store_command", required=True, metavar="migrate")
+    p = store_sub.add_parser("migrate", help="copy everything to another store")
+    p.add_argument("--to", required=True, metavar="URL", help="the store to copy to")
+    p_store.set_defaults(func=cmd_store)
     return parser
 
 
@@ -98,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config.load(args.config)
         status: int = args.func(args, cfg)
+    except UsageError as exc:
+        print(f"fwdctl: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except FwdmilterError as exc:
         print(f"fwdctl: {exc}", file=sys.stderr)
         return EXIT_CONFIG

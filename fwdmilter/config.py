@@ -43,6 +43,8 @@ __all__ = [
     "TrustedSettings",
     "load",
     "loads",
+    "mask_url",
+    "with_store_url",
 ]
 
 DEFAULT_CONFIG_PATH: Final = "/etc/fwdmilter/fwdmilter.toml"
@@ -332,14 +334,21 @@ class Config:
                 continue
             values = dataclasses.asdict(getattr(self, section.name))
             if mask_secrets and section.name == "store":
-                values["url"] = _mask_url(values["url"])
+                values["url"] = mask_url(values["url"])
             out[section.name] = {
                 k: list(v) if isinstance(v, tuple) else v for k, v in values.items()
             }
         return out
 
 
-def _mask_url(url: str) -> str:
+def with_store_url(settings: StoreSettings, url: str) -> StoreSettings:
+    """``settings`` with another URL (``fwdctl store migrate --to``), checked."""
+    if (err := _store_url(url)) is not None:
+        raise ConfigError(f"--to: {err}")
+    return dataclasses.replace(settings, url=url)
+
+
+def mask_url(url: str) -> str:
     """The URL with any password replaced by ***."""
     scheme, sep, rest = url.partition("://")
     creds, at, hostpart = rest.rpartition("@")

@@ -1,0 +1,16 @@
+"""Held-queue adapters; :func:`open_mta` picks the one ``mta.type`` names."""
+
+from __future__ import annotations
+
+from fwdmilter.config import MTASettings
+from fwdmilter.errors import ConfigError
+from fwdmilter.mta.base import MTA, QueuedMessage
+from fwdmilter.mta.postfix import Postfix
+
+__all__ = ["MTA", "QueuedMessage", "open_mta"]
+
+
+def open_mta(settings: MTASettings) -> MTA:
+    if settings.type == "postfix":
+        return Postfix(settings.postfix_config_dir, settings.command_dir)
+    raise ConfigError(f"mta.type: {settings.type!r} has no queue adapter in this version")

@@ -77,7 +77,7 @@ HELD_FIELDS: Final = (
     "alerted",
 )
 MESSAGE_STATES: Final[frozenset[str]] = frozenset({"B", "U", "R", "H", "done"})
-HELD_STATES: Final[frozenset[str]] = frozenset({"H", "R"})
+HELD_STATES: Final[frozenset[str]] = frozenset({"H", "R", "N"})
 NULL_SENDER_POLICIES: Final[frozenset[str]] = frozenset({"forward", "hold"})
 
 

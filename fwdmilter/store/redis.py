@@ -162,13 +162,16 @@ local function tidy()
 end
 """
 
-# KEYS: entry, index, counters.  ARGV: entry_id, field, value, ...
+# KEYS: entry, index, counters.  ARGV: entry_id, state, field, value, ...
+# An N entry (null-sender mail held by policy) is listed, not counted.
 _HOLD = _Script("""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('HINCRBY', KEYS[3], 'H', 1)
-redis.call('HSETNX', KEYS[3], 'R', 0)
+if ARGV[2] == 'H' then
+  redis.call('HINCRBY', KEYS[3], 'H', 1)
+  redis.call('HSETNX', KEYS[3], 'R', 0)
+end
 return 1
 """)
 
@@ -228,9 +231,12 @@ if old == 'H' or old == 'R' then redis.call('HINCRBY', KEYS[3], old, -1) end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
-redis.call('HSETNX', KEYS[3], 'H', 0)
-redis.call('HSETNX', KEYS[3], 'R', 0)
+if ARGV[2] == 'H' or ARGV[2] == 'R' then
+  redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+  redis.call('HSETNX', KEYS[3], 'H', 0)
+  redis.call('HSETNX', KEYS[3], 'R', 0)
+end
+tidy()
 return 1
 """
 )
@@ -627,11 +633,11 @@ class RedisStore(Store):
 
     @_guarded
     def hold(self, entry: HeldEntry) -> bool:
-        if entry.state != "H":
-            raise ValueError(f"hold() takes an entry in state H, not {entry.state!r}")
+        if entry.state not in ("H", "N"):
+            raise ValueError(f"hold() takes an entry in state H or N, not {entry.state!r}")
         if not entry.target or not entry.entry_id:
             raise ValueError("a held entry needs target and entry_id")
-        args: list[str] = [entry.entry_id]
+        args: list[str] = [entry.entry_id, entry.state]
         for field, value in _codec.held_fields(entry).items():
             args += (field, value)
         return bool(self._eval(_HOLD, self._held_keys(entry.target, entry.entry_id), args))
@@ -720,6 +726,9 @@ class RedisStore(Store):
         held = {
             "H": sum(h for h, _ in by_target.values()),
             "R": sum(r for _, r in by_target.values()),
+            "N": sum(
+                1 for _, d in self._hgetall_batched(self._scan("held")) if d.get("state") == "N"
+            ),
         }
         return Stats(
             forwards=forwards,

@@ -98,7 +98,7 @@ _V1: Final = (
     """CREATE TABLE held (
         target      TEXT NOT NULL,
         entry_id    TEXT NOT NULL,
-        state       TEXT NOT NULL CHECK (state IN ('H', 'R')),
+        state       TEXT NOT NULL CHECK (state IN ('H', 'R', 'N')),
         sender      TEXT NOT NULL,
         rcpt        TEXT NOT NULL,
         queue_id    TEXT NOT NULL,
@@ -449,8 +449,10 @@ class SQLiteStore(Store):
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))
+            # Only "?" marks are formatted into this query.
             sql = (
-                "SELECT f.*, (SELECT count(*) FROM held h WHERE h.target = f.target) AS n"  # noqa: S608 (only ? marks)
+                "SELECT f.*, (SELECT count(*) FROM held h WHERE h.target = f.target"  # noqa: S608
+                " AND h.state IN ('H', 'R')) AS n"
                 f" FROM forwards f WHERE f.rcpt IN ({marks})"
             )
             rows = self._rows(sql, chunk)
@@ -511,8 +513,8 @@ class SQLiteStore(Store):
 
     @_guarded
     def hold(self, entry: HeldEntry) -> bool:
-        if entry.state != "H":
-            raise ValueError(f"hold() takes an entry in state H, not {entry.state!r}")
+        if entry.state not in ("H", "N"):
+            raise ValueError(f"hold() takes an entry in state H or N, not {entry.state!r}")
         if not entry.target or not entry.entry_id:
             raise ValueError("a held entry needs target and entry_id")
         with self._write(durable=True) as conn:
@@ -610,10 +612,14 @@ class SQLiteStore(Store):
                 )
             }
             by_target: dict[str, list[int]] = {}
+            policy_held = 0
             for r in conn.execute(
                 "SELECT target, state, count(*) AS n FROM held"
                 " GROUP BY target, state ORDER BY target"
             ):
+                if r["state"] == "N":
+                    policy_held += int(r["n"])
+                    continue
                 counts = by_target.setdefault(str(r["target"]), [0, 0])
                 counts[0 if r["state"] == "H" else 1] = int(r["n"])
             conn.execute("COMMIT")
@@ -624,6 +630,7 @@ class SQLiteStore(Store):
             held={
                 "H": sum(c[0] for c in by_target.values()),
                 "R": sum(c[1] for c in by_target.values()),
+                "N": policy_held,
             },
             held_by_target={t: (c[0], c[1]) for t, c in by_target.items()},
         )

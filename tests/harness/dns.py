@@ -39,7 +39,8 @@ from tests.harness.proc import Process, free_port, wait_until
 
 __all__ = ["ZONES", "DnsName", "DnsServer"]
 
-_PASS = "v=spf1 ip4:127.0.0.0/8 -all"
+# 192.0.2.0/24 stands for outside clients in the in-process milter tests.
+_PASS = "v=spf1 ip4:127.0.0.0/8 ip4:192.0.2.0/24 -all"
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,9 @@ __all__ = [
 INNER_DOMAIN = "inner.example"
 FWD_DOMAIN = "fwd.example"
 # Mailboxes at INNER; "broken" is accepted and then fails downstream.
-INNER_USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "broken")
+# "final" lives on a mailbox server that speaks no DSN (sink listener "mda"),
+# so INNER itself answers NOTIFY=SUCCESS with a "relayed" notice.
+INNER_USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "broken", "final")
 SINK_LISTENERS = ("inbox", "internet", "unrewritten", "inner-out")
 
 
@@ -170,6 +172,7 @@ class MailWorld:
 def _write_inner_transport(inner: PostfixInstance, sink: Sink, border_port: int | None) -> None:
     entries = {
         f"broken@{INNER_DOMAIN}": f"smtp:[127.0.0.1]:{sink.port('refuse')}",
+        f"final@{INNER_DOMAIN}": f"smtp:[127.0.0.1]:{sink.port('mda')}",
         INNER_DOMAIN: f"smtp:[127.0.0.1]:{sink.port('inbox')}",
         FWD_DOMAIN: (
             f"smtp:[127.0.0.1]:{border_port}" if border_port else "error:5.4.4 no BORDER yet"
@@ -315,6 +318,7 @@ def sink() -> Iterator[Sink]:
         for name in SINK_LISTENERS:
             s.add_listener(name)
         s.add_listener("refuse", refuse_all="550 5.1.1 <broken>: Recipient address rejected")
+        s.add_listener("mda", dsn=False)
         yield s
     finally:
         s.stop()

@@ -134,11 +134,14 @@ class Rejection:
 
 @dataclass
 class Listener:
-    """A named port of the sink. ``refuse_all``: reply every RCPT with it."""
+    """A named port of the sink. ``refuse_all``: reply every RCPT with it.
+    ``dsn``: offer the DSN extension (False: a mailbox server that speaks no
+    DSN, so the MTA before it reports "relayed" to NOTIFY=SUCCESS)."""
 
     name: str
     port: int
     refuse_all: str | None = None
+    dsn: bool = True
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -193,9 +196,10 @@ class _Session(socketserver.StreamRequestHandler):
                     if verb == "HELO":
                         self.reply(f"250 {sink.hostname}")
                     else:
+                        dsn = "250-DSN\r\n" if listener.dsn else ""
                         self.reply(
                             f"250-{sink.hostname}\r\n250-PIPELINING\r\n250-SIZE {_DATA_LIMIT}\r\n"
-                            "250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n"
+                            f"250-8BITMIME\r\n250-SMTPUTF8\r\n{dsn}"
                             "250 ENHANCEDSTATUSCODES"
                         )
                 elif verb == "MAIL":
@@ -318,7 +322,7 @@ class Sink:
 
     # -- listeners -----------------------------------------------------------
 
-    def add_listener(self, name: str, *, refuse_all: str | None = None) -> int:
+    def add_listener(self, name: str, *, refuse_all: str | None = None, dsn: bool = True) -> int:
         """Start a listener on a free loopback port; return the port."""
         if name in self._listeners:
             raise ValueError(f"listener {name!r} exists")
@@ -326,7 +330,7 @@ class Sink:
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", 0))
                 port = int(probe.getsockname()[1])
-            listener = Listener(name, port, refuse_all)
+            listener = Listener(name, port, refuse_all, dsn)
             try:
                 server = _Server(self, listener)
             except OSError:  # taken between the probe and the bind

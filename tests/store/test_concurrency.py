@@ -48,6 +48,7 @@ def _check(store: Store, wins: Counter[str]) -> None:
     assert stats.held == {
         "H": sum(h for h, _ in expected.values()),
         "R": sum(r for _, r in expected.values()),
+        "N": 0,
     }
 
 

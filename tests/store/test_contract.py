@@ -207,10 +207,28 @@ def test_hold_and_read(store: Store) -> None:
     assert store.held_counts("nobody@dest.example") == (0, 0)
 
 
-def test_hold_refuses_an_entry_not_in_state_h(store: Store) -> None:
-    with pytest.raises(ValueError, match="state H"):
+def test_hold_refuses_an_entry_not_in_state_h_or_n(store: Store) -> None:
+    with pytest.raises(ValueError, match="state H or N"):
         store.hold(entry(state="R"))
     assert store.held() == []
+
+
+def test_policy_held_entries_are_listed_but_not_counted(store: Store) -> None:
+    t = "alice@dest.example"
+    store.put_forward(fwd("alice@fwd.example", t))
+    n = entry(t, "mx1/N1", state="N", sender="")
+    assert store.hold(n)
+    assert store.get_held(t, "mx1/N1") == n
+    assert store.held(t) == [n]
+    assert store.held_counts(t) == (0, 0)
+    assert store.rcpt_info(["alice@fwd.example"])[0].held == 0  # U mail still flows
+    assert not store.mark_requeued(t, "mx1/N1", 3000.0)  # only H entries are requeued
+    store.hold(entry(t, "mx1/H1"))
+    assert store.held_counts(t) == (1, 0)
+    assert store.stats().held == {"H": 1, "R": 0, "N": 1}
+    assert store.drop(t, "mx1/N1")
+    assert store.held_counts(t) == (1, 0)
+    assert [e.entry_id for e in store.held(t)] == ["mx1/H1"]
 
 
 def test_transitions_and_counters(store: Store) -> None:
@@ -288,7 +306,7 @@ def test_held_listing_filters_and_order(store: Store) -> None:
 
 
 def test_stats(store: Store) -> None:
-    assert store.stats() == Stats(held={"H": 0, "R": 0})
+    assert store.stats() == Stats(held={"H": 0, "R": 0, "N": 0})
     store.put_forward(fwd())
     store.put_forward(fwd("bob@fwd.example", "bob@dest.example"))
     store.put_forward(fwd("carol@fwd.example", "carol@dest.example"))
@@ -303,7 +321,7 @@ def test_stats(store: Store) -> None:
         forwards=2,
         moved=1,
         messages={"U": 1, "B": 2},
-        held={"H": 2, "R": 1},
+        held={"H": 2, "R": 1, "N": 0},
         held_by_target={"alice@dest.example": (1, 1), "bob@dest.example": (1, 0)},
     )
 

@@ -1,0 +1,306 @@
+"""``fwdmilter``: the daemon.
+
+    fwdmilter [--config PATH]           run in the foreground until SIGTERM
+    fwdmilter --check-config [--config PATH]
+                                        validate, print the effective settings
+
+Logs go to standard error (journald adds time and host), one line per
+decision in Postfix's key=value style. The configuration comes from
+``--config``, ``$FWDMILTER_CONFIG`` or /etc/fwdmilter/fwdmilter.toml.
+
+Signals: SIGHUP re-reads the configuration and the SRS secrets (new
+connections get the new settings; running transactions finish with theirs);
+SIGTERM and SIGINT stop accepting connections and let running transactions
+finish, for at most ``milter.shutdown_timeout`` seconds.
+
+libmilter's own signal thread would take SIGHUP as "stop": so libmilter's
+main loop runs on a thread of its own, whose signal mask it sets, and the
+main thread, which keeps these signals unblocked, receives them (Linux
+delivers a process-directed signal to the main thread when it accepts it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Final
+
+import Milter
+import milter
+
+from fwdmilter import __version__, config, runtime, sdnotify
+from fwdmilter.alerts import AlertSender
+from fwdmilter.errors import ConfigError, FwdmilterError
+from fwdmilter.milter import WANTED_ACTIONS, FwdMilter
+from fwdmilter.store.base import HeldEntry
+
+__all__ = ["main", "Server"]
+
+log = logging.getLogger("fwdmilter")
+
+#: sysexits(3): configuration error. systemd is told not to restart on it.
+EX_CONFIG: Final = 78
+EX_SOFTWARE: Final = 70
+
+
+class _PostfixStyle(logging.Formatter):
+    """``warning: text`` for warnings and worse, plain ``text`` for info, as
+    Postfix writes its log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.ERROR:
+            return f"error: {text}"
+        if record.levelno >= logging.WARNING:
+            return f"warning: {text}"
+        if record.levelno < logging.INFO:
+            return f"debug: {text}"
+        return text
+
+
+def setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_fwdmilter", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PostfixStyle("%(message)s"))
+        handler._fwdmilter = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def _socket_path(spec: str) -> str:
+    kind, _, rest = spec.partition(":")
+    return rest if kind in ("unix", "local") else ""
+
+
+class Server:
+    """Runs the milter: libmilter on a thread, signals on the main thread."""
+
+    def __init__(self, cfg: config.Config) -> None:
+        self._rt = runtime.build(cfg)
+        self._cfg_path = cfg.path
+        self._active = 0
+        self._active_cond = threading.Condition()
+        self._reload = threading.Event()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._alerts = AlertSender(lambda: self._rt.cfg, lambda: self._rt.store)
+        self._milter_error: Exception | None = None
+
+    # -- hooks for connections ------------------------------------------------
+
+    @property
+    def runtime(self) -> runtime.Runtime:
+        return self._rt
+
+    def connection_opened(self) -> None:
+        with self._active_cond:
+            self._active += 1
+
+    def connection_closed(self) -> None:
+        with self._active_cond:
+            self._active -= 1
+            self._active_cond.notify_all()
+
+    def alert(self, entry: HeldEntry) -> None:
+        self._alerts.enqueue(entry)
+
+    def _new_connection(self) -> FwdMilter:
+        return FwdMilter(self._rt, self)
+
+    # -- signals --------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload.set()
+        else:
+            self._stop.set()
+        self._wake.set()
+
+    # -- running --------------------------------------------------------------
+
+    def _register(self) -> None:
+        cfg = self._rt.cfg
+        Milter.factory = self._new_connection
+        milter.set_flags(WANTED_ACTIONS)
+        milter.set_connect_callback(Milter.connect_callback)
+        milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+        milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+        milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+        milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+        milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+        milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+        milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+        milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+        milter.set_close_callback(Milter.close_callback)
+        milter.setconn(cfg.milter.socket)
+        milter.settimeout(cfg.milter.timeout)
+        milter.register(
+            "fwdmilter",
+            data=lambda ctx: ctx.getpriv().data(),
+            unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+            negotiate=Milter.negotiate_callback,
+        )
+
+    def _open_socket(self) -> None:
+        cfg = self._rt.cfg
+        path = _socket_path(cfg.milter.socket)
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        milter.opensocket(True)
+        if path:
+            Path(path).chmod(int(cfg.milter.socket_mode, 8))
+
+    def _milter_main(self) -> None:
+        try:
+            milter.main()
+        except Exception as exc:  # noqa: BLE001 - reported by the main thread
+            self._milter_error = exc
+        finally:
+            self._wake.set()
+
+    def run(self) -> int:
+        cfg = self._rt.cfg
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        try:
+            self._register()
+            self._open_socket()
+        except (milter.error, OSError) as exc:
+            log.error("cannot listen on %s: %s", cfg.milter.socket, exc)
+            return EX_SOFTWARE
+        thread = threading.Thread(target=self._milter_main, name="libmilter", daemon=True)
+        thread.start()
+        log.info(
+            "fwdmilter %s listening on %s, srs domain %s, store %s",
+            __version__,
+            cfg.milter.socket,
+            cfg.srs.domain,
+            cfg.as_dict()["store"]["url"],
+        )
+        sdnotify.notify("READY=1", STATUS=f"listening on {cfg.milter.socket}")
+        while thread.is_alive() and not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+        if not self._stop.is_set():
+            log.error("libmilter stopped unexpectedly: %s", self._milter_error)
+            self._shutdown()
+            return EX_SOFTWARE
+        self._graceful_stop(thread)
+        return 0
+
+    def _graceful_stop(self, thread: threading.Thread) -> None:
+        timeout = self._rt.cfg.milter.shutdown_timeout
+        sdnotify.notify("STOPPING=1", STATUS="finishing running transactions")
+        log.info("stopping: no new connections; waiting up to %.0fs for %d", timeout, self._active)
+        milter.stop()
+        deadline = time.monotonic() + timeout
+        thread.join(max(0.0, deadline - time.monotonic()))
+        with self._active_cond:
+            while self._active > 0 and time.monotonic() < deadline:
+                self._active_cond.wait(max(0.0, min(1.0, deadline - time.monotonic())))
+            left = self._active
+        if left:
+            log.warning("stopping with %d connections still open (milter.shutdown_timeout)", left)
+        self._shutdown()
+        log.info("stopped")
+
+    def _shutdown(self) -> None:
+        self._alerts.close()
+        self._rt.store.close()
+        self._rt.metrics.close()
+
+    def reload(self) -> None:
+        """Re-read the configuration and secrets; keep running as before if
+        they are unusable."""
+        sdnotify.notify("RELOADING=1", STATUS="reloading")
+        old = self._rt
+        try:
+            cfg = config.load(self._cfg_path or None)
+            if cfg.milter.socket != old.cfg.milter.socket:
+                log.warning(
+                    "reload: milter.socket changed: that takes a restart; keeping %s",
+                    old.cfg.milter.socket,
+                )
+            same_store = cfg.store == old.cfg.store
+            same_metrics = cfg.metrics == old.cfg.metrics
+            rt = runtime.build(
+                cfg,
+                store=old.store if same_store else None,
+                metrics_=old.metrics if same_metrics else None,
+            )
+        except FwdmilterError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+        else:
+            self._rt = rt
+            setup_logging(cfg.logging.level)
+            if not same_store:
+                # Connections that started before the reload may still use it.
+                threading.Timer(old.cfg.milter.shutdown_timeout, old.store.close).start()
+            if not same_metrics:
+                old.metrics.close()
+            log.info("reloaded configuration from %s", cfg.path)
+        sdnotify.notify("READY=1", STATUS=f"listening on {self._rt.cfg.milter.socket}")
+
+
+def _check_config(cfg: config.Config) -> int:
+    runtime.make_srs(cfg)  # reads and checks the secrets file
+    for section, values in cfg.as_dict().items():
+        print(f"[{section}]")
+        for key, value in values.items():
+            print(f"{key} = {_toml(value)}")
+        print()
+    return 0
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="fwdmilter",
+        description="Mail forwarding milter: SPF at MAIL FROM, SRS, no backscatter.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="configuration file")
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration and secrets, print the effective settings, exit",
+    )
+    parser.add_argument("--version", action="version", version=f"fwdmilter {__version__}")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config.load(args.config)
+        setup_logging(cfg.logging.level)
+        if args.check_config:
+            return _check_config(cfg)
+        server = Server(cfg)
+    except ConfigError as exc:
+        print(f"fwdmilter: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except FwdmilterError as exc:
+        print(f"fwdmilter: cannot start: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    return server.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

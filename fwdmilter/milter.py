@@ -1,0 +1,492 @@
+"""The pymilter shell: gathers the facts of a transaction, asks the policy,
+applies the decision.
+
+libmilter calls an instance of :class:`FwdMilter` per MTA connection, from
+that connection's thread. Only the callbacks and actions used are
+negotiated (see :meth:`FwdMilter.negotiate`); connect, HELO, header and body
+need no reply (the MTA does not wait), so a transaction costs round trips at
+MAIL, each RCPT and end of message only.
+
+Every callback is guarded: a store outage answers 451 (``store.on_error``
+may say otherwise where that loses nothing), any other unexpected error is
+logged with its traceback and answered 451 4.3.0. Exception text never
+reaches the SMTP client.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+
+import Milter
+
+from fwdmilter import addr, dsn, policy, replies
+from fwdmilter.errors import DSNError, StoreError, StoreUnavailable
+from fwdmilter.replies import Reply
+from fwdmilter.store.base import HeldEntry, MessageRecord, RcptInfo
+
+if TYPE_CHECKING:
+    from fwdmilter.runtime import Runtime
+
+__all__ = ["FwdMilter", "Hooks", "WANTED_ACTIONS"]
+
+log = logging.getLogger(__name__)
+
+#: The modifications the milter makes, and nothing more (smfi_register flags).
+WANTED_ACTIONS: Final = (
+    Milter.ADDHDRS
+    | Milter.CHGHDRS
+    | Milter.CHGFROM
+    | Milter.ADDRCPT
+    | Milter.ADDRCPT_PAR
+    | Milter.DELRCPT
+    | Milter.QUARANTINE
+    | Milter.SETSYMLIST
+)
+
+# libmilter's answers, typed (pymilter has no type information).
+CONTINUE: Final[int] = int(Milter.CONTINUE)
+REJECT: Final[int] = int(Milter.REJECT)
+TEMPFAIL: Final[int] = int(Milter.TEMPFAIL)
+DISCARD: Final[int] = int(Milter.DISCARD)
+
+_MAX_HEADER_BYTES: Final = 256 * 1024
+_ID_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz234567"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Hooks(Protocol):
+    """What the daemon offers its connections."""
+
+    def connection_opened(self) -> None: ...
+
+    def connection_closed(self) -> None: ...
+
+    def alert(self, entry: HeldEntry) -> None:
+        """Send the alert for a new held entry (in the background)."""
+
+
+def _new_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
+
+
+def _guarded(stage: str) -> Callable[[F], F]:
+    """Answer 451 for whatever a callback did not expect; log it first."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def run(self: FwdMilter, *args: Any) -> Any:
+            try:
+                return fn(self, *args)
+            except StoreError as exc:
+                log.error(
+                    "queue_id=%s stage=%s action=tempfail reason=store error=%s",
+                    self._queue_id or "NOQUEUE",
+                    stage,
+                    exc,
+                )
+                self.rt.metrics.decision(stage, "tempfail")
+                return self._reply(replies.STORE_UNAVAILABLE)
+            except Exception:
+                log.exception(
+                    "queue_id=%s stage=%s action=tempfail reason=internal",
+                    self._queue_id or "NOQUEUE",
+                    stage,
+                )
+                self.rt.metrics.decision(stage, "tempfail")
+                return self._reply(replies.INTERNAL_ERROR)
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
+def _noreply_guarded(fn: F) -> F:
+    """For callbacks the MTA does not wait on: an error spoils the
+    transaction, and end of message answers 451."""
+
+    @functools.wraps(fn)
+    def run(self: FwdMilter, *args: Any) -> Any:
+        try:
+            return fn(self, *args)
+        except Exception:
+            log.exception(
+                "queue_id=%s stage=%s reason=internal", self._queue_id or "NOQUEUE", fn.__name__
+            )
+            self._spoiled = True
+            return CONTINUE
+
+    return run  # type: ignore[return-value]
+
+
+class FwdMilter(Milter.Base):  # type: ignore[misc]
+    """One MTA connection."""
+
+    def __init__(self, rt: Runtime, server: Hooks | None = None) -> None:
+        super().__init__()
+        self.rt = rt
+        self._server = server
+        self._client_ip = ""
+        self._client_name = ""
+        self._helo = ""
+        self._local = False
+        self._trusted = False
+        self._reset()
+        if server is not None:
+            server.connection_opened()
+
+    # -- transaction state --------------------------------------------------
+
+    def _reset(self) -> None:
+        self._queue_id = ""
+        self._mail: policy.MailDecision | None = None
+        self._rcpts: list[policy.RcptDecision] = []
+        self._refused: list[str] = []
+        self._trace: list[str] = []
+        self._ar_index = 0
+        self._own_ar: list[int] = []
+        self._collect = False
+        self._headers: list[bytes] = []
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._spoiled = False
+
+    def _reply(self, reply: Reply) -> int:
+        self.setreply(str(reply.code), reply.status, reply.milter_text())
+        return REJECT if reply.permanent else TEMPFAIL
+
+    def _macro(self, name: str) -> str:
+        value = self.getsymval(name)
+        return str(value) if value else ""
+
+    def _client(self) -> str:
+        # As Postfix logs it: "unknown" for a client without a verified name
+        # (libmilter then passes the address literal as the name).
+        name = self._client_name
+        if not name or name.startswith("["):
+            name = "unknown"
+        return f"{name}[{self._client_ip or 'local'}]"
+
+    # -- negotiation ---------------------------------------------------------
+
+    def negotiate(self, opts: list[int]) -> int:
+        """Ask for the callbacks we use (the decorators below say which), the
+        actions we use, and the macros we read at each stage."""
+        offered = opts[0]
+        rc: int = super().negotiate(opts)
+        if rc != CONTINUE:
+            return rc
+        opts[0] = self._actions = offered & WANTED_ACTIONS
+        if self._actions & Milter.SETSYMLIST:
+            # Sendmail names the queue id "i" and the SASL login {auth_authen},
+            # as Postfix does; both send them at MAIL FROM when asked.
+            # (pymilter 1.0.5's Base.setsymlist hands the C call bytes where
+            # it wants str, so the context is called directly.)
+            try:
+                self._ctx.setsymlist(Milter.M_ENVFROM, "i {auth_authen}")
+                self._ctx.setsymlist(Milter.M_EOM, "i")
+            except Exception:
+                log.warning(
+                    "negotiate: setsymlist failed; using the MTA's default macros", exc_info=True
+                )
+        return CONTINUE
+
+    # -- callbacks -----------------------------------------------------------
+
+    @Milter.noreply  # type: ignore[untyped-decorator]
+    @_noreply_guarded
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        self._client_name = hostname or ""
+        if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
+            self._client_ip = str(hostaddr[0])
+        else:
+            # Local submission (a unix socket, or Postfix's non-SMTP mail):
+            # there is no client address for SPF to judge.
+            self._local = True
+        self._trusted = self._local or policy.is_trusted(self._client_ip, self.rt.settings.trusted)
+        return CONTINUE
+
+    @Milter.noreply  # type: ignore[untyped-decorator]
+    @_noreply_guarded
+    def hello(self, hostname: str) -> int:
+        self._helo = hostname or ""
+        return CONTINUE
+
+    @_guarded("mail")
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self._reset()
+        rt = self.rt
+        self._queue_id = self._macro("i")
+        sender = addr.strip_brackets(mailfrom)
+        auth_user = self._macro("{auth_authen}")
+        spf_outcome: policy.SPFOutcome | None = None
+        if not (self._trusted or auth_user):
+            started = time.monotonic()
+            spf_outcome = rt.spf.check(self._client_ip, sender, self._helo)
+            rt.metrics.dns_latency(time.monotonic() - started)
+            rt.metrics.spf_result(spf_outcome.result)
+        self._mail = mail = policy.decide_mail(
+            rt.settings,
+            sender,
+            self._helo,
+            spf_outcome,
+            auth_user=auth_user,
+            client_ip=self._client_ip or "local",
+            now=time.time(),
+        )
+        if mail.reply is not None:
+            self._log_decision(
+                "mail", "reject" if mail.reply.permanent else "tempfail", reply=mail.reply
+            )
+            rt.metrics.decision("mail", "reject" if mail.reply.permanent else "tempfail")
+            return self._reply(mail.reply)
+        return CONTINUE
+
+    @_guarded("rcpt")
+    def envrcpt(self, to: str, *params: str) -> int:
+        mail = self._mail
+        if mail is None:  # the MTA skipped MAIL FROM: nothing sensible to do
+            return self._reply(replies.INTERNAL_ERROR)
+        rt = self.rt
+        bare = addr.strip_brackets(to)
+        kind = policy.classify_rcpt(rt.settings, bare)
+        if kind is policy.RcptKind.SRS:
+            decision = policy.decide_rcpt_srs(rt.settings, to, bare, params, time.time())
+            rt.metrics.srs("reverse" if decision.reply is None else "refused")
+        elif kind is policy.RcptKind.FORWARDING:
+            info = self._rcpt_info(bare)
+            decision = policy.decide_rcpt_forwarding(rt.settings, to, info, mail, params)
+        else:
+            decision = policy.RcptDecision(to, "pass", params=tuple(params))
+        if decision.reply is not None:
+            self._refused.append(bare)
+            action = "reject" if decision.reply.permanent else "tempfail"
+            self._log_decision("rcpt", action, rcpt=bare, reply=decision.reply)
+            rt.metrics.decision("rcpt", action)
+            return self._reply(decision.reply)
+        self._rcpts.append(decision)
+        if decision.action == "reverse":
+            self._collect = True  # the bounce's DSN is read at end of message
+        return CONTINUE
+
+    def _rcpt_info(self, bare: str) -> RcptInfo:
+        started = time.monotonic()
+        try:
+            info = self.rt.store.rcpt_info([addr.key(bare)])[0]
+        finally:
+            self.rt.metrics.store_latency("rcpt_info", time.monotonic() - started)
+        return info
+
+    @Milter.nocallback  # type: ignore[untyped-decorator]
+    def data(self) -> int:
+        return CONTINUE
+
+    @Milter.noreply  # type: ignore[untyped-decorator]
+    @_noreply_guarded
+    def header(self, name: str, value: str) -> int:
+        lname = name.lower()
+        if lname == policy.TRACE_HEADER.lower():
+            self._trace.append(value)
+        elif lname == policy.AUTH_RESULTS_HEADER.lower():
+            self._ar_index += 1
+            if policy.authserv_id(value) == self.rt.settings.hostname.lower():
+                self._own_ar.append(self._ar_index)
+        if self._collect and self._header_bytes < _MAX_HEADER_BYTES:
+            line = f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
+            self._headers.append(line)
+            self._header_bytes += len(line)
+        return CONTINUE
+
+    @Milter.nocallback  # type: ignore[untyped-decorator]
+    def eoh(self) -> int:
+        return CONTINUE
+
+    @Milter.noreply  # type: ignore[untyped-decorator]
+    @_noreply_guarded
+    def body(self, chunk: bytes) -> int:
+        if self._collect and self._body_bytes < dsn.MAX_PARSE:
+            self._body.append(chunk)
+            self._body_bytes += len(chunk)
+        return CONTINUE
+
+    @Milter.nocallback  # type: ignore[untyped-decorator]
+    def unknown(self, cmd: str) -> int:
+        return CONTINUE
+
+    @_guarded("eom")
+    def eom(self) -> int:
+        mail = self._mail
+        if mail is None or self._spoiled:
+            return self._reply(replies.INTERNAL_ERROR)
+        rt = self.rt
+        self._queue_id = self._macro("i") or self._queue_id
+        now = time.time()
+        records: dict[str, list[MessageRecord]] = {}
+        parsed: dsn.DSN | None = None
+        dsn_error = ""
+        if any(r.action == "reverse" for r in self._rcpts):
+            for r in self._rcpts:
+                if r.action == "reverse":
+                    key = addr.key(r.rcpt)
+                    records[key] = self.rt.store.messages(key)
+            raw = b"".join(self._headers) + b"\r\n" + b"".join(self._body)
+            try:
+                parsed = dsn.parse(raw)
+            except DSNError as exc:
+                dsn_error = str(exc)
+        tx = policy.Transaction(
+            mail=mail,
+            rcpts=tuple(self._rcpts),
+            queue_id=self._queue_id,
+            msg_id=_new_id(),
+            now=now,
+            trace_values=tuple(self._trace),
+            own_auth_results=tuple(self._own_ar),
+            records=records,
+            dsn=parsed,
+            dsn_error=dsn_error,
+            sender_permits_us=self._sender_permits_us(mail),
+        )
+        decision = policy.decide_eom(rt.settings, tx)
+        self._write_store(decision, now)
+        return self._apply(decision)
+
+    def _sender_permits_us(self, mail: policy.MailDecision) -> bool:
+        s = self.rt.settings
+        if s.rewrite != "when-needed" or not mail.srs_sender:
+            return False
+        if not any(r.action in ("forward", "reverse") for r in self._rcpts):
+            return False
+        domain = addr.domain_of(mail.sender)
+        ips = self.rt.cfg.srs.outbound_ips
+        return bool(ips) and all(self.rt.spf.permits(ip, domain) for ip in ips)
+
+    def _write_store(self, d: policy.EomDecision, now: float) -> None:
+        """Store writes come before any change to the message: if they fail,
+        the MTA gets 451 and keeps the message, and the client (or Postfix's
+        bounce daemon) tries again. Held entries are written last, so that a
+        failure never leaves an entry for a bounce that was not held."""
+        rt = self.rt
+        store = rt.store
+        started = time.monotonic()
+        try:
+            for target, entry_id in d.releases:
+                if store.release(target, entry_id):
+                    rt.metrics.held("released")
+            for srs_key, record_id, state in d.state_changes:
+                store.set_message_state(srs_key, record_id, state)  # type: ignore[arg-type]
+            if d.records:
+                try:
+                    store.record_messages(d.records, rt.cfg.srs.max_age_days * 86400)
+                except StoreUnavailable:
+                    if rt.cfg.store.on_error != "accept":
+                        raise
+                    # Forwarding without a record loses nothing: a bounce
+                    # that finds no record is held, never sent.
+                    log.warning("queue_id=%s store=unavailable records=skipped", self._queue_id)
+            for target, entry_id, reason in d.reholds:
+                if store.rehold(
+                    target, entry_id, self._queue_id, rt.settings.instance, reason, now
+                ):
+                    rt.metrics.held("held")
+                    held = store.get_held(target, entry_id)
+                    if held is not None and self._server is not None:
+                        self._server.alert(held)
+            for entry in d.holds:
+                if store.hold(entry) and entry.state == "H":
+                    rt.metrics.held("held")
+                    if self._server is not None:
+                        self._server.alert(entry)
+        finally:
+            rt.metrics.store_latency("eom", time.monotonic() - started)
+
+    def _apply(self, d: policy.EomDecision) -> int:
+        rt = self.rt
+        if d.reply is not None:
+            action = "reject" if d.reply.permanent else "tempfail"
+            self._log_decision("eom", d.log.get("action", action), reply=d.reply, extra=d.log)
+            rt.metrics.decision("eom", action)
+            return self._reply(d.reply)
+        for name, index in d.del_headers:
+            self.chgheader(name, index, "")
+        for name, value in reversed(d.add_headers):
+            self.addheader(name, value, 0)
+        if d.quarantine:
+            self.quarantine(d.quarantine)
+            self._log_decision("eom", d.log.get("action", "hold"), extra=d.log)
+            rt.metrics.decision("eom", "hold")
+            return CONTINUE
+        if d.discard:
+            self._log_decision("eom", "discard", extra=d.log)
+            rt.metrics.decision("eom", "discard")
+            return DISCARD
+        if d.chgfrom is not None:
+            self.chgfrom(d.chgfrom)
+            rt.metrics.srs("forward")
+        for rcpt in d.delrcpt:
+            self.delrcpt(rcpt)
+        can_params = bool(self._actions & Milter.ADDRCPT_PAR)
+        for rcpt, params in d.addrcpt:
+            if params and can_params:
+                self.addrcpt(rcpt, " ".join(params))
+            else:
+                self.addrcpt(rcpt)
+        action = d.log.get("action", "accept")
+        self._log_decision("eom", action, extra=d.log, targets=[r for r, _ in d.addrcpt])
+        rt.metrics.decision("eom", action)
+        return CONTINUE
+
+    def abort(self) -> int:
+        self._reset()
+        return CONTINUE
+
+    def close(self) -> int:
+        if self._server is not None:
+            self._server.connection_closed()
+        return CONTINUE
+
+    # -- logging -------------------------------------------------------------
+
+    def _log_decision(
+        self,
+        stage: str,
+        action: str,
+        *,
+        rcpt: str = "",
+        reply: Reply | None = None,
+        extra: dict[str, str] | None = None,
+        targets: list[str] | None = None,
+    ) -> None:
+        mail = self._mail
+        parts = [
+            f"queue_id={self._queue_id or 'NOQUEUE'}",
+            f"client={self._client()}",
+            f"helo=<{self._helo}>",
+            f"sender=<{mail.sender if mail else ''}>",
+        ]
+        if rcpt:
+            parts.append(f"rcpt=<{rcpt}>")
+        elif self._rcpts:
+            parts.append(
+                "rcpts=" + ",".join(f"<{addr.strip_brackets(r.rcpt)}>" for r in self._rcpts)
+            )
+        if targets:
+            parts.append("to=" + ",".join(targets))
+        if mail is not None:
+            parts.append(f"spf={mail.spf.result if mail.spf else 'skipped'}")
+            parts.append(f"state={mail.state}")
+        parts.append(f"stage={stage}")
+        parts.append(f"action={action}")
+        for key, value in (extra or {}).items():
+            if key not in ("action", "state"):
+                parts.append(f'{key}="{value}"' if " " in value else f"{key}={value}")
+        if reply is not None:
+            parts.append(f'reply="{reply}"')
+        log.info("%s", " ".join(parts))

@@ -1,0 +1,304 @@
+"""The milter shell driven in-process through whole transactions.
+
+pymilter's TestCtx plays the MTA's side in libmilter's order; the milter
+under test is the real FwdMilter with a real SQLite store. Clients come from
+127.0.0.0/8 (trusted: SPF skipped) or from 192.0.2.0/24, for which SPF is
+checked against the session's private DNS server. The end-to-end tests
+repeat the important cases through real Postfix.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import Milter
+import pytest
+from Milter.testctx import TestCtx as MilterTestCtx
+
+from fwdmilter import config, policy, runtime
+from fwdmilter.milter import FwdMilter
+from fwdmilter.store.base import Forward, HeldEntry, MessageRecord
+from tests.harness.dns import DnsServer
+
+MESSAGE = b"From: Alice <alice@pass.example>\nTo: bob@fwd.example\nSubject: hi\n\nHello Bob.\n"
+
+
+def _replied(rc: int) -> int:
+    # The MTA reads NOREPLY as "carry on"; TestCtx predates it.
+    return int(Milter.CONTINUE) if rc == Milter.NOREPLY else rc
+
+
+class Ctx(MilterTestCtx):  # type: ignore[misc]
+    """TestCtx that also records quarantine, serves the queue id macro, and
+    treats NOREPLY (negotiated for connect, HELO, headers, body) as the MTA
+    does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quarantined: str | None = None
+        self._macros = {"i": "QID42"}
+
+    def _connect(self, *args: Any, **kw: Any) -> int:
+        rc = self._negotiate()
+        if rc not in (Milter.CONTINUE, Milter.ALL_OPTS):
+            return int(rc)
+        self._stage = Milter.M_CONNECT
+        rc = _replied(Milter.connect_callback(self, kw["host"], 2, (kw["ip"], 1234)))
+        self._stage = None
+        if rc != Milter.CONTINUE:
+            return rc
+        return self._helo(kw["helo"])
+
+    def _helo(self, helo: str) -> int:
+        self._stage = Milter.M_HELO
+        rc = _replied(self._priv.hello(helo))
+        self._stage = None
+        return rc
+
+    def _header(self, fld: str, val: Any) -> int:
+        return _replied(super()._header(fld, val))
+
+    def _feed_body(self, bfp: Any) -> int:
+        while buf := bfp.read(8192):
+            rc = _replied(self._priv.body(buf))
+            if rc != Milter.CONTINUE:
+                return rc
+        return int(Milter.CONTINUE)
+
+    def chgheader(self, field: str, idx: int, value: str) -> None:
+        # libmilter counts occurrences of the name from 1; TestCtx would
+        # delete every occurrence.
+        if not self._body:
+            raise OSError("chgheader not called from eom()")
+        seen = 0
+        for i, (name, _) in enumerate(self._msg._headers):
+            if name.lower() == field.lower():
+                seen += 1
+                if seen == idx:
+                    if value:
+                        self._msg._headers[i] = (name, value)
+                    else:
+                        del self._msg._headers[i]
+                    return
+
+    def quarantine(self, reason: str) -> None:
+        if not self._body:
+            raise OSError("quarantine not called from eom()")
+        self.quarantined = reason
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.opened = 0
+        self.closed = 0
+        self.alerts: list[HeldEntry] = []
+
+    def connection_opened(self) -> None:
+        self.opened += 1
+
+    def connection_closed(self) -> None:
+        self.closed += 1
+
+    def alert(self, entry: HeldEntry) -> None:
+        self.alerts.append(entry)
+
+
+@pytest.fixture
+def rt(tmp_path: Path, dns: DnsServer) -> Iterator[runtime.Runtime]:
+    secrets = tmp_path / "secrets"
+    secrets.write_text("s3cret\n")
+    secrets.chmod(0o600)
+    cfg = config.loads(
+        f"""
+[milter]
+hostname = "mx.fwd.example"
+[srs]
+domain = "fwd.example"
+secrets_file = "{secrets}"
+[forwarding]
+domains = ["fwd.example"]
+[dns]
+nameservers = ["127.0.0.1"]
+port = {dns.port}
+timeout = 2.0
+[store]
+url = "sqlite://{tmp_path}/state.db"
+"""
+    )
+    r = runtime.build(cfg)
+    r.store.put_forward(
+        Forward("bob@fwd.example", "bob@inner.example", contact="bob@mobile.example")
+    )
+    r.store.put_forward(Forward("old@fwd.example", "", moved_to="new@elsewhere.example"))
+    yield r
+    r.store.close()
+
+
+@pytest.fixture
+def hooks() -> Hooks:
+    return Hooks()
+
+
+def connect(
+    rt: runtime.Runtime, hooks: Hooks, ip: str = "192.0.2.10", helo: str = "mx.pass.example"
+) -> Ctx:
+    ctx = Ctx()
+    Milter.factory = lambda: FwdMilter(rt, hooks)
+    assert ctx._connect(host="client.example", helo=helo, ip=ip) == Milter.CONTINUE
+    return ctx
+
+
+def feed(ctx: Ctx, sender: str, *rcpts: str, message: bytes = MESSAGE) -> int:
+    rc: int = ctx._feedFile(io.BytesIO(message), sender, *rcpts)
+    return rc
+
+
+def reply(ctx: Ctx) -> tuple[Any, ...]:
+    return tuple(ctx._reply or ())
+
+
+def test_negotiates_only_what_it_uses(rt: runtime.Runtime, hooks: Hooks) -> None:
+    ctx = connect(rt, hooks)
+    actions = ctx._opts[0]
+    assert actions & Milter.CHGFROM and actions & Milter.QUARANTINE
+    assert not actions & Milter.CHGBODY
+    proto = ctx._protocol
+    # The MTA waits for no reply to connect, HELO, headers and body, and
+    # skips DATA, end of headers and unknown commands altogether.
+    for bit in (Milter.P_NR_CONN, Milter.P_NR_HELO, Milter.P_NR_HDR, Milter.P_NR_BODY):
+        assert proto & bit
+    for bit in (Milter.P_NODATA, Milter.P_NOEOH, Milter.P_NOUNKNOWN):
+        assert proto & bit
+    assert not proto & (Milter.P_NOMAIL | Milter.P_NORCPT)
+
+
+def test_spf_pass_is_forwarded_with_an_srs_sender(rt: runtime.Runtime, hooks: Hooks) -> None:
+    ctx = connect(rt, hooks)  # 192.0.2.10 is in pass.example's SPF record
+    assert feed(ctx, "alice@pass.example", "bob@fwd.example") == Milter.CONTINUE
+    srs_sender = rt.settings.srs.forward("alice@pass.example")
+    assert ctx._sender == f"<{srs_sender}>"
+    assert ctx._delrcpt == ["<bob@fwd.example>"]
+    assert ctx._addrcpt[0][0] == "<bob@inner.example>"
+    assert ctx._msg[policy.TRACE_HEADER].startswith("fwd.example; id=")
+    assert ctx._msg[policy.AUTH_RESULTS_HEADER] == (
+        "mx.fwd.example; spf=pass smtp.mailfrom=alice@pass.example"
+    )
+    (record,) = rt.store.messages(srs_sender.lower())
+    assert (record.state, record.target, record.queue_id) == ("B", "bob@inner.example", "QID42")
+
+
+def test_spf_fail_is_refused_at_mail_from(rt: runtime.Runtime, hooks: Hooks) -> None:
+    ctx = connect(rt, hooks)
+    assert feed(ctx, "mallory@fail.example", "bob@fwd.example") == Milter.REJECT
+    code, status, text = reply(ctx)[:3]
+    assert (code, status) == ("550", "5.7.23")
+    assert "fail.example" in text
+
+
+def test_dns_timeout_answers_451(rt: runtime.Runtime, hooks: Hooks) -> None:
+    ctx = connect(rt, hooks)
+    started = time.monotonic()
+    assert feed(ctx, "x@temperror.example", "bob@fwd.example") == Milter.TEMPFAIL
+    assert reply(ctx)[:2] == ("451", "4.7.24")
+    assert time.monotonic() - started < 5  # dns.timeout is 2 s, not pyspf's 20
+
+
+def test_unknown_and_moved_recipients(rt: runtime.Runtime, hooks: Hooks) -> None:
+    ctx = connect(rt, hooks)
+    assert feed(ctx, "alice@pass.example", "nobody@fwd.example") == Milter.REJECT
+    assert reply(ctx)[:2] == ("550", "5.1.1")
+    ctx = connect(rt, hooks)
+    assert feed(ctx, "alice@pass.example", "old@fwd.example") == Milter.REJECT
+    code, status, text = reply(ctx)[:3]
+    assert (code, status) == ("551", "5.1.6")
+    assert "<new@elsewhere.example>" in text
+
+
+def test_forged_srs_bounce_is_refused(rt: runtime.Runtime, hooks: Hooks) -> None:
+    ctx = connect(rt, hooks, helo="inner.example")
+    assert feed(ctx, "", "SRS0=AAAA=JM=pass.example=alice@fwd.example") == Milter.REJECT
+    assert reply(ctx)[:2] == ("550", "5.7.1")
+
+
+def test_bounce_for_unbouncable_message_is_quarantined(rt: runtime.Runtime, hooks: Hooks) -> None:
+    now = time.time()
+    srs_addr = rt.settings.srs.forward("spoofed@softfail.example", now=now)
+    rt.store.record_messages(
+        [
+            MessageRecord(
+                srs_addr.lower(),
+                "m.0",
+                "m",
+                "U",
+                "spoofed@softfail.example",
+                "bob@fwd.example",
+                "bob@inner.example",
+                now,
+                "mx.fwd.example",
+                "Q0",
+            )
+        ],
+        86400,
+    )
+    bounce = (Path(__file__).parents[1] / "data" / "bounces" / "postfix-failed.eml").read_bytes()
+    bounce = bounce.replace(b"broken@inner.example", b"bob@inner.example")
+    ctx = connect(rt, hooks, ip="127.0.0.1", helo="inner.example")
+    assert feed(ctx, "", srs_addr, message=bounce) == Milter.CONTINUE
+    assert ctx.quarantined is not None and "sender not verified" in ctx.quarantined
+    assert ctx._addrcpt == [] and ctx._delrcpt == []
+    (entry,) = rt.store.held(target="bob@inner.example")
+    assert (entry.state, entry.sender, entry.queue_id) == ("H", "spoofed@softfail.example", "QID42")
+    assert rt.store.held_counts("bob@inner.example") == (1, 0)
+    assert [a.target for a in hooks.alerts] == ["bob@inner.example"]
+    # Now U mail for that target is deferred, B mail still flows.
+    ctx = connect(rt, hooks)
+    assert feed(ctx, "x@softfail.example", "bob@fwd.example") == Milter.TEMPFAIL
+    assert reply(ctx)[:2] == ("451", "4.7.1")
+    ctx = connect(rt, hooks)
+    assert feed(ctx, "alice@pass.example", "bob@fwd.example") == Milter.CONTINUE
+
+
+def test_loop_is_refused(rt: runtime.Runtime, hooks: Hooks) -> None:
+    trace = b"Fwdmilter-Trace: fwd.example; id=a; by=mx.fwd.example\n"
+    ctx = connect(rt, hooks)
+    assert (
+        feed(ctx, "alice@pass.example", "bob@fwd.example", message=trace * 3 + MESSAGE)
+        == Milter.REJECT
+    )
+    assert reply(ctx)[:2] == ("554", "5.4.6")
+
+
+def test_forged_authentication_results_are_removed(rt: runtime.Runtime, hooks: Hooks) -> None:
+    forged = b"Authentication-Results: mx.fwd.example; spf=pass smtp.mailfrom=x@y\n"
+    other = b"Authentication-Results: other.example; spf=fail smtp.mailfrom=x@y\n"
+    ctx = connect(rt, hooks)
+    assert (
+        feed(ctx, "alice@pass.example", "bob@fwd.example", message=other + forged + MESSAGE)
+        == Milter.CONTINUE
+    )
+    values = ctx._msg.get_all(policy.AUTH_RESULTS_HEADER)
+    assert "other.example; spf=fail smtp.mailfrom=x@y" in values
+    assert "mx.fwd.example; spf=pass smtp.mailfrom=x@y" not in values
+
+
+def test_store_outage_answers_451_not_an_accept(
+    rt: runtime.Runtime, hooks: Hooks, tmp_path: Path
+) -> None:
+    rt.store.close()
+    (tmp_path / "state.db").unlink()
+    (tmp_path / "state.db").mkdir()  # the file is gone and cannot come back
+    ctx = connect(rt, hooks)
+    rc = feed(ctx, "alice@pass.example", "bob@fwd.example")
+    assert rc == Milter.TEMPFAIL
+    assert reply(ctx)[:2] == ("451", "4.3.0")
+
+
+def test_connections_are_counted(rt: runtime.Runtime, hooks: Hooks) -> None:
+    ctx = connect(rt, hooks)
+    feed(ctx, "alice@pass.example", "bob@fwd.example")
+    ctx._close()
+    assert (hooks.opened, hooks.closed) == (1, 1)

@@ -22,6 +22,7 @@ delivers a process-directed signal to the main thread when it accepts it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -86,8 +87,10 @@ class Server:
     def __init__(self, cfg: config.Config) -> None:
         self._rt = runtime.build(cfg)
         self._cfg_path = cfg.path
-        self._active = 0
+        self._connections = 0
+        self._transactions = 0
         self._active_cond = threading.Condition()
+        self._stopping = False
         self._reload = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -100,13 +103,25 @@ class Server:
     def runtime(self) -> runtime.Runtime:
         return self._rt
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def connection_opened(self) -> None:
         with self._active_cond:
-            self._active += 1
+            self._connections += 1
 
     def connection_closed(self) -> None:
         with self._active_cond:
-            self._active -= 1
+            self._connections -= 1
+
+    def transaction_started(self) -> None:
+        with self._active_cond:
+            self._transactions += 1
+
+    def transaction_ended(self) -> None:
+        with self._active_cond:
+            self._transactions -= 1
             self._active_cond.notify_all()
 
     def alert(self, entry: HeldEntry) -> None:
@@ -196,22 +211,46 @@ class Server:
             log.error("libmilter stopped unexpectedly: %s", self._milter_error)
             self._shutdown()
             return EX_SOFTWARE
-        self._graceful_stop(thread)
+        self._graceful_stop()
         return 0
 
-    def _graceful_stop(self, thread: threading.Thread) -> None:
+    def _graceful_stop(self) -> None:
+        """Refuse what is new, let what runs finish (within the bound), stop.
+
+        libmilter's own stop (smfi_stop) would also cut the transactions
+        under way, so it comes last: first the socket goes from the file
+        system (a unix socket: new connections fail at once) and new
+        connections and transactions are refused (the MTA applies
+        milter_default_action, or the client gets 451 4.3.2), then the
+        running transactions are waited for.
+        """
         timeout = self._rt.cfg.milter.shutdown_timeout
         sdnotify.notify("STOPPING=1", STATUS="finishing running transactions")
-        log.info("stopping: no new connections; waiting up to %.0fs for %d", timeout, self._active)
-        milter.stop()
-        deadline = time.monotonic() + timeout
-        thread.join(max(0.0, deadline - time.monotonic()))
+        self._stopping = True
+        path = _socket_path(self._rt.cfg.milter.socket)
+        if path:
+            with contextlib.suppress(OSError):
+                Path(path).unlink()
         with self._active_cond:
-            while self._active > 0 and time.monotonic() < deadline:
+            log.info(
+                "stopping: no new connections; waiting up to %.0fs for %d transactions"
+                " (%d connections)",
+                timeout,
+                self._transactions,
+                self._connections,
+            )
+            deadline = time.monotonic() + timeout
+            while self._transactions > 0 and time.monotonic() < deadline:
                 self._active_cond.wait(max(0.0, min(1.0, deadline - time.monotonic())))
-            left = self._active
+            left = self._transactions
         if left:
-            log.warning("stopping with %d connections still open (milter.shutdown_timeout)", left)
+            log.warning(
+                "stopping with %d transactions still running (milter.shutdown_timeout)", left
+            )
+        # smfi_stop waits for libmilter's accept loop, which looks up from its
+        # poll() only every few seconds: it runs on a thread of its own and
+        # nothing waits for it.
+        threading.Thread(target=milter.stop, name="smfi_stop", daemon=True).start()
         self._shutdown()
         log.info("stopped")
 

@@ -64,9 +64,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Hooks(Protocol):
     """What the daemon offers its connections."""
 
+    @property
+    def stopping(self) -> bool:
+        """True once SIGTERM came: no new connection or transaction."""
+
     def connection_opened(self) -> None: ...
 
     def connection_closed(self) -> None: ...
+
+    def transaction_started(self) -> None: ...
+
+    def transaction_ended(self) -> None: ...
 
     def alert(self, entry: HeldEntry) -> None:
         """Send the alert for a new held entry (in the background)."""
@@ -137,6 +145,7 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         self._helo = ""
         self._local = False
         self._trusted = False
+        self._in_transaction = False
         self._reset()
         if server is not None:
             server.connection_opened()
@@ -157,6 +166,16 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._spoiled = False
+
+    def _begin_transaction(self) -> None:
+        if not self._in_transaction and self._server is not None:
+            self._server.transaction_started()
+        self._in_transaction = True
+
+    def _end_transaction(self) -> None:
+        if self._in_transaction and self._server is not None:
+            self._server.transaction_ended()
+        self._in_transaction = False
 
     def _reply(self, reply: Reply) -> int:
         self.setreply(str(reply.code), reply.status, reply.milter_text())
@@ -179,6 +198,10 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
     def negotiate(self, opts: list[int]) -> int:
         """Ask for the callbacks we use (the decorators below say which), the
         actions we use, and the macros we read at each stage."""
+        if self._server is not None and self._server.stopping:
+            # Shutting down: the MTA treats this milter as unavailable for
+            # the connection (milter_default_action) at once.
+            return REJECT
         offered = opts[0]
         rc: int = super().negotiate(opts)
         if rc != CONTINUE:
@@ -222,6 +245,10 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
     @_guarded("mail")
     def envfrom(self, mailfrom: str, *params: str) -> int:
         self._reset()
+        self._end_transaction()
+        if self._server is not None and self._server.stopping:
+            return self._reply(replies.SHUTTING_DOWN)
+        self._begin_transaction()
         rt = self.rt
         self._queue_id = self._macro("i")
         sender = addr.strip_brackets(mailfrom)
@@ -242,6 +269,7 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
             now=time.time(),
         )
         if mail.reply is not None:
+            self._end_transaction()
             self._log_decision(
                 "mail", "reject" if mail.reply.permanent else "tempfail", reply=mail.reply
             )
@@ -320,8 +348,14 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
     def unknown(self, cmd: str) -> int:
         return CONTINUE
 
-    @_guarded("eom")
     def eom(self) -> int:
+        try:
+            return self._eom()
+        finally:
+            self._end_transaction()
+
+    @_guarded("eom")
+    def _eom(self) -> int:
         mail = self._mail
         if mail is None or self._spoiled:
             return self._reply(replies.INTERNAL_ERROR)
@@ -445,9 +479,11 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
 
     def abort(self) -> int:
         self._reset()
+        self._end_transaction()
         return CONTINUE
 
     def close(self) -> int:
+        self._end_transaction()
         if self._server is not None:
             self._server.connection_closed()
         return CONTINUE

@@ -209,8 +209,13 @@ class FwdMilter:
         return self.proc is not None and self.proc.alive()
 
     def wait_exit(self, timeout: float) -> int | None:
+        """The exit status once the daemon exits by itself (None: still running)."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while self.proc.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
-        return self.proc.proc.poll()
+        if self.proc.alive():
+            return None
+        code = self.proc.stop()
+        self.proc = None
+        return code

@@ -95,6 +95,9 @@ class Hooks:
     def __init__(self) -> None:
         self.opened = 0
         self.closed = 0
+        self.transactions = 0
+        self.running = 0
+        self.stopping = False
         self.alerts: list[HeldEntry] = []
 
     def connection_opened(self) -> None:
@@ -102,6 +105,13 @@ class Hooks:
 
     def connection_closed(self) -> None:
         self.closed += 1
+
+    def transaction_started(self) -> None:
+        self.transactions += 1
+        self.running += 1
+
+    def transaction_ended(self) -> None:
+        self.running -= 1
 
     def alert(self, entry: HeldEntry) -> None:
         self.alerts.append(entry)
@@ -297,8 +307,25 @@ def test_store_outage_answers_451_not_an_accept(
     assert reply(ctx)[:2] == ("451", "4.3.0")
 
 
-def test_connections_are_counted(rt: runtime.Runtime, hooks: Hooks) -> None:
+def test_connections_and_transactions_are_counted(rt: runtime.Runtime, hooks: Hooks) -> None:
     ctx = connect(rt, hooks)
     feed(ctx, "alice@pass.example", "bob@fwd.example")
-    ctx._close()
+    assert (hooks.transactions, hooks.running) == (1, 0)
+    feed(ctx, "mallory@fail.example", "bob@fwd.example")  # refused at MAIL: over at once
+    assert (hooks.transactions, hooks.running) == (2, 0)
+    ctx._envfrom("<alice@pass.example>")
+    assert hooks.running == 1
+    ctx._abort()  # also closes
+    assert hooks.running == 0
     assert (hooks.opened, hooks.closed) == (1, 1)
+
+
+def test_no_new_transaction_or_connection_while_stopping(rt: runtime.Runtime, hooks: Hooks) -> None:
+    ctx = connect(rt, hooks)
+    hooks.stopping = True
+    assert feed(ctx, "alice@pass.example", "bob@fwd.example") == Milter.TEMPFAIL
+    assert reply(ctx)[:2] == ("451", "4.3.2")
+    assert hooks.running == 0
+    fresh = Ctx()
+    Milter.factory = lambda: FwdMilter(rt, hooks)
+    assert fresh._negotiate() == Milter.REJECT

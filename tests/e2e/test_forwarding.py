@@ -1,5 +1,8 @@
 """Forwarding end to end: a client, BORDER Postfix with fwdmilter, INNER, the sink.
 
+The module runs once per store backend: the embedded SQLite file and a
+private Redis server.
+
 Every test makes its own forwarding addresses and senders (unique tokens),
 so the module shares one BORDER and one milter. Clients connect from
 127.0.0.2, an outsider to BORDER and the milter (SPF is checked); the
@@ -19,23 +22,28 @@ from tests.harness.fwdmilter_proc import FwdMilter
 from tests.harness.mail_fixtures import BorderFactory, MailWorld
 from tests.harness.peers import MailSRS
 from tests.harness.postfix import PostfixInstance, RuntimeDir
+from tests.harness.redis import RedisServer
 from tests.harness.smtp import make_message, unique
 
 pytestmark = pytest.mark.e2e
 OUTSIDE = "127.0.0.2"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
 def fm(
+    request: pytest.FixtureRequest,
     mail: MailWorld,
     runtime: RuntimeDir,
     border_factory: BorderFactory,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FwdMilter]:
+    workdir = tmp_path_factory.mktemp(f"forwarding-{request.param}")
+    redis = RedisServer(workdir / "redis") if request.param == "redis" else None
     milter = FwdMilter(
-        runtime.socket("fwd-forwarding"),
-        tmp_path_factory.mktemp("fwdmilter"),
+        runtime.socket(f"fwd-forwarding-{request.param}"),
+        workdir / "milter",
         dns_port=mail.dns.port,
+        store_url=redis.url if redis else None,
     )
     border = border_factory(milter=milter.spec, start=False)
     milter.serve(border)
@@ -43,6 +51,8 @@ def fm(
     milter.border = border  # type: ignore[attr-defined]
     yield milter
     milter.stop()
+    if redis is not None:
+        redis.stop()
 
 
 @pytest.fixture(scope="module")

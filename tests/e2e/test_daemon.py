@@ -351,3 +351,41 @@ def test_a_corrupt_store_file_refuses_to_start(tmp_path: Path, mail: MailWorld) 
     assert done.returncode != 0
     assert str(db) in done.stderr
     assert db.read_bytes() == b"this is not a database" * 100  # nothing lost or rewritten
+
+
+def test_when_needed_keeps_a_sender_whose_spf_permits_this_forwarder(
+    mail: MailWorld, runtime: RuntimeDir, border_factory: BorderFactory, tmp_path: Path
+) -> None:
+    # BORDER sends from 127.0.0.1: pass.example's SPF permits it, neutral.example's does not.
+    fm, border = served(
+        mail,
+        runtime,
+        border_factory,
+        tmp_path,
+        "needed",
+        settings={"srs": {"rewrite": "when-needed", "outbound_ips": ["127.0.0.1"]}},
+    )
+    try:
+        tok = unique()
+        rcpt, target = f"f{tok}@fwd.example", f"alice+{tok}@inner.example"
+        fm.fwdctl("forward", "set", rcpt, target)
+        for sender in (f"p{tok}@pass.example", f"n{tok}@neutral.example"):
+            t = mail.send(
+                border,
+                sender,
+                [rcpt],
+                make_message(sender, rcpt, subject=sender),
+                source_ip=OUTSIDE,
+                helo="helo.pass.example",
+            )
+            assert t.accepted, t
+        kept = mail.wait_for(target, match=lambda m: m.email["Subject"] == f"p{tok}@pass.example")
+        assert kept.mail_from == f"p{tok}@pass.example"
+        rewritten = mail.wait_for(
+            target, match=lambda m: m.email["Subject"] == f"n{tok}@neutral.example"
+        )
+        assert rewritten.mail_from.startswith("SRS0=") and rewritten.mail_from.endswith(
+            "@fwd.example"
+        )
+    finally:
+        fm.stop()

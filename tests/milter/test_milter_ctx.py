@@ -9,6 +9,7 @@ repeat the important cases through real Postfix.
 
 from __future__ import annotations
 
+import email
 import io
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from fwdmilter import config, policy, runtime
 from fwdmilter.milter import FwdMilter
 from fwdmilter.store.base import Forward, HeldEntry, MessageRecord
 from tests.harness.dns import DnsServer
+from tests.harness.redis import RedisServer
 
 MESSAGE = b"From: Alice <alice@pass.example>\nTo: bob@fwd.example\nSubject: hi\n\nHello Bob.\n"
 
@@ -329,3 +331,57 @@ def test_no_new_transaction_or_connection_while_stopping(rt: runtime.Runtime, ho
     fresh = Ctx()
     Milter.factory = lambda: FwdMilter(rt, hooks)
     assert fresh._negotiate() == Milter.REJECT
+
+
+@pytest.mark.parametrize(("on_error", "expected"), [("tempfail", "451"), ("accept", None)])
+def test_store_lost_between_rcpt_and_end_of_message(
+    tmp_path: Path, dns: DnsServer, hooks: Hooks, on_error: str, expected: str | None
+) -> None:
+    """store.on_error: with "accept", a message whose record cannot be written
+    is still forwarded (its bounce, finding no record, would be held: nothing
+    is lost); with "tempfail" (the default) the client is told to retry."""
+    redis = RedisServer(tmp_path / "redis")
+    secrets = tmp_path / "secrets"
+    secrets.write_text("s3cret\n")
+    secrets.chmod(0o600)
+    cfg = config.loads(
+        f"""
+[milter]
+hostname = "mx.fwd.example"
+[srs]
+domain = "fwd.example"
+secrets_file = "{secrets}"
+[forwarding]
+domains = ["fwd.example"]
+[dns]
+nameservers = ["127.0.0.1"]
+port = {dns.port}
+[store]
+url = "{redis.url}"
+timeout = 0.5
+on_error = "{on_error}"
+"""
+    )
+    rt = runtime.build(cfg)
+    try:
+        rt.store.put_forward(Forward("bob@fwd.example", "bob@inner.example"))
+        ctx = connect(rt, hooks)
+        ctx._body = None
+        ctx._msg = email.message_from_bytes(MESSAGE)
+        assert ctx._envfrom("<alice@pass.example>") == Milter.CONTINUE
+        assert ctx._envrcpt("<bob@fwd.example>") == Milter.CONTINUE
+        redis.stop()
+        for name, value in ctx._msg.items():
+            ctx._header(name, value)
+        rc = ctx._eom()
+        if expected is None:
+            assert rc == Milter.CONTINUE
+            assert ctx._addrcpt[0][0] == "<bob@inner.example>"
+            assert ctx._sender is not None and ctx._sender.startswith("<SRS0=")
+        else:
+            assert rc == Milter.TEMPFAIL
+            assert reply(ctx)[:2] == ("451", "4.3.0")
+            assert ctx._addrcpt == []
+    finally:
+        rt.store.close()
+        redis.stop()

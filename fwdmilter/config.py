@@ -349,13 +349,14 @@ def with_store_url(settings: StoreSettings, url: str) -> StoreSettings:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
+    """The URL with its password masked, for messages and logs."""
     scheme, sep, rest = url.partition("://")
-    creds, at, hostpart = rest.rpartition("@")
+    netloc, slash, tail = rest.partition("/")
+    creds, at, hosts = netloc.rpartition("@")
     if not sep or not at:
         return url
     user, colon, _ = creds.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{hostpart}"
+    return f"{scheme}://{user}{':***' if colon else ''}@{hosts}{slash}{tail}"
 
 
 _SECTIONS: Final[Mapping[str, type]] = {

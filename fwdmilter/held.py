@@ -175,15 +175,20 @@ def requeue(
                 outcome = _requeue_bounce(cfg, store, mta, rewriter, entry, now)
         except FwdmilterError as exc:
             outcome = Outcome(entry, False, str(exc))
-        log.info(
-            "queue_id=%s requeue=%s target=%s detail=%s",
-            entry.queue_id,
-            "done" if outcome.done else "failed",
-            entry.target,
-            outcome.message,
-        )
-        outcomes.append(outcome)
+        outcomes.append(_logged("requeue", outcome))
     return outcomes
+
+
+def _logged(what: str, outcome: Outcome) -> Outcome:
+    log.info(
+        "queue_id=%s %s=%s target=%s detail=%s",
+        outcome.entry.queue_id,
+        what,
+        "done" if outcome.done else "failed",
+        outcome.entry.target,
+        outcome.message,
+    )
+    return outcome
 
 
 def expiry_notice(cfg: Config, entry: HeldEntry) -> bytes:
@@ -246,14 +251,7 @@ def expire(cfg: Config, store: Store, mta: MTA, now: float) -> list[Outcome]:
             )
         except FwdmilterError as exc:
             outcome = Outcome(entry, False, str(exc))
-        log.info(
-            "queue_id=%s expire=%s target=%s detail=%s",
-            entry.queue_id,
-            "done" if outcome.done else "failed",
-            entry.target,
-            outcome.message,
-        )
-        outcomes.append(outcome)
+        outcomes.append(_logged("expire", outcome))
     return outcomes
 
 

@@ -6,20 +6,14 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
+from fwdmilter.config import mask_url
 from fwdmilter.errors import ConfigError
 
 __all__ = ["StoreURL", "describe_url", "parse_nodes"]
 
 
-def describe_url(url: str) -> str:
-    """The URL with its password masked, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, tail = rest.partition("/")
-    creds, at, hosts = netloc.rpartition("@")
-    if not sep or not at:
-        return url
-    user, colon, _ = creds.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{hosts}{slash}{tail}"
+#: The URL with its password masked, for messages and logs.
+describe_url = mask_url
 
 
 def parse_nodes(netloc: str, default_port: int) -> list[tuple[str, int]]:

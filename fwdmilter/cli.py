@@ -135,8 +135,17 @@ def cmd_forward(args: argparse.Namespace, cfg: config.Config) -> int:
         rcpt = addr.key(_check_address(args.rcpt, "recipient"))
         if sub == "set":
             target = _check_address(args.target, "target")
+            forwarding_domains = {d.lower() for d in cfg.forwarding.domains}
+            if addr.domain_of(target) in forwarding_domains:
+                # The milter replaces a recipient by its target once, at end
+                # of message; mail for a target that is itself a forwarding
+                # address would reach no table lookup.
+                raise UsageError(
+                    f"target {target} is itself in forwarding.domains: "
+                    "forward to the final address instead"
+                )
             contact = _check_address(args.contact, "contact") if args.contact else ""
-            if addr.domain_of(rcpt) not in {d.lower() for d in cfg.forwarding.domains}:
+            if addr.domain_of(rcpt) not in forwarding_domains:
                 print(
                     f"fwdctl: warning: {rcpt} is not in forwarding.domains; the milter "
                     "will not look it up until its domain is",

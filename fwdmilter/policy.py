@@ -32,7 +32,17 @@ from fwdmilter import addr, replies
 from fwdmilter.dsn import DSN
 from fwdmilter.replies import Reply
 from fwdmilter.store.base import Forward, HeldEntry, MessageRecord, RcptInfo
-from srs import SRS, AddressError, BadHash, Expired, Malformed, NotSRS, SRSAddress, looks_like_srs
+from srs import (
+    SRS,
+    AddressError,
+    BadHash,
+    Expired,
+    Malformed,
+    NotSRS,
+    SRSAddress,
+    ascii_domain,
+    looks_like_srs,
+)
 
 __all__ = [
     "Settings",
@@ -426,7 +436,8 @@ def decide_eom(s: Settings, tx: Transaction) -> EomDecision:
         d.addrcpt.append((_bracket(fwd.target), _rcpt_params(r)))
     for r, srs_addr in keep:
         d.delrcpt.append(r.rcpt)
-        d.addrcpt.append((_bracket(srs_addr.reversed), _rcpt_params(r)))
+        to = _sender_as_sent(srs_addr, tx.records.get(addr.key(r.rcpt), ()))
+        d.addrcpt.append((_bracket(to), _rcpt_params(r)))
 
     if forwards or keep:
         d.add_headers.insert(0, (TRACE_HEADER, _trace_value(s, tx.msg_id)))
@@ -519,6 +530,18 @@ def _decide_bounces(
     if hold_reasons:
         d.quarantine = "fwdmilter: bounce held, sender not verified: " + hold_reasons[0]
         d.log["reason"] = hold_reasons[0]
+
+
+def _sender_as_sent(srs_addr: SRSAddress, records: Sequence[MessageRecord]) -> str:
+    """Where a bounce goes: the sender as the message gave it, from our record,
+    if that is the mailbox the SRS address names (an IDN domain travels as
+    its A-label in the SRS address); else the SRS address's reversal."""
+    senders = {rec.sender for rec in records if rec.sender}
+    if len(senders) == 1:
+        (sender,) = senders
+        if ascii_domain(sender).lower() == srs_addr.reversed.lower():
+            return sender
+    return srs_addr.reversed
 
 
 def _relevant_records(

@@ -8,7 +8,14 @@ A pure codec: no I/O, no logging, no state beyond its settings.
     'alice@example.org'
 """
 
-from srs.codec import MAX_ADDRESS_LENGTH, SRS, SRSAddress, format_address, looks_like_srs
+from srs.codec import (
+    MAX_ADDRESS_LENGTH,
+    SRS,
+    SRSAddress,
+    ascii_domain,
+    format_address,
+    looks_like_srs,
+)
 from srs.errors import AddressError, BadHash, Expired, Malformed, NotSRS, SRSError
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "NotSRS",
     "SRSAddress",
     "SRSError",
+    "ascii_domain",
     "format_address",
     "looks_like_srs",
 ]

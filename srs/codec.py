@@ -50,7 +50,14 @@ import idna
 
 from srs.errors import AddressError, BadHash, Expired, Malformed, NotSRS
 
-__all__ = ["MAX_ADDRESS_LENGTH", "SRS", "SRSAddress", "format_address", "looks_like_srs"]
+__all__ = [
+    "MAX_ADDRESS_LENGTH",
+    "SRS",
+    "SRSAddress",
+    "ascii_domain",
+    "format_address",
+    "looks_like_srs",
+]
 
 #: Longest address either direction accepts. RFC 5321 section 4.5.3.1.3 caps a
 #: whole path at 256 octets; SRS1 addresses may grow past that on the way, so
@@ -173,6 +180,18 @@ def _hmac_sha1_pads(key: bytes) -> _Pads:
     inner = hashlib.sha1(bytes(b ^ 0x36 for b in key))
     outer = hashlib.sha1(bytes(b ^ 0x5C for b in key))
     return inner, outer
+
+
+def ascii_domain(address: str) -> str:
+    """``address`` with its domain in A-label form, as an SRS address carries
+    it; the address as it is if it has no valid IDN domain."""
+    parts = _split(address)
+    if parts is None or parts[1].isascii():
+        return address
+    try:
+        return f"{parts[0]}@{_a_label(parts[1], 'sender')}"
+    except AddressError:
+        return address
 
 
 class SRS:

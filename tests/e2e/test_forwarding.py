@@ -294,3 +294,11 @@ def test_fwdctl_forward_table_commands(fm: FwdMilter) -> None:
     assert fm.fwdctl("forward", "delete", rcpt).returncode == 0
     missing = fm.fwdctl("forward", "show", rcpt, check=False)
     assert missing.returncode == 1 and "no such forwarding address" in missing.stderr
+
+
+def test_fwdctl_refuses_a_target_that_is_itself_a_forwarding_address(fm: FwdMilter) -> None:
+    tok = unique()
+    done = fm.fwdctl("forward", "set", f"a{tok}@fwd.example", f"b{tok}@fwd.example", check=False)
+    assert done.returncode == 1
+    assert "is itself in forwarding.domains" in done.stderr
+    assert fm.fwdctl("forward", "show", f"a{tok}@fwd.example", check=False).returncode == 1

@@ -408,3 +408,31 @@ def test_trace_ids_pick_ours_newest_first() -> None:
     values = ["fwd.example; id=new; by=a", "other.example; id=x; by=b", "FWD.example ; id=old"]
     assert policy.trace_ids(S, values) == ["new", "old"]
     assert policy.count_trace(S, values) == 2
+
+
+def test_bounce_goes_to_the_sender_as_sent_when_the_record_knows_it() -> None:
+    sender = "josé@bücher.example"
+    srs_addr = S.srs.forward(sender, now=NOW)
+    assert "xn--bcher-kva.example" in srs_addr
+    key = srs_addr.lower()
+    record = MessageRecord(
+        key,
+        "m.0",
+        "m",
+        "B",
+        sender,
+        "bob@fwd.example",
+        "broken@inner.example",
+        NOW,
+        "mx.fwd.example",
+        "Q0",
+    )
+    null = policy.decide_mail(S, "", "inner.example", spf("pass", "inner.example", "helo"), now=NOW)
+    rcpt = policy.decide_rcpt_srs(S, f"<{srs_addr}>", srs_addr, [], NOW)
+    report = dsn.parse((BOUNCES / "postfix-failed.eml").read_bytes())
+    d = policy.decide_eom(S, tx(null, rcpt, records={key: [record]}, dsn=report))
+    assert d.addrcpt == [(f"<{sender}>", ())]
+    # A record of another sender under that address changes nothing.
+    other = replace(record, sender="someone@else.example")
+    d = policy.decide_eom(S, tx(null, rcpt, records={key: [other]}, dsn=report))
+    assert d.addrcpt == [("<josé@xn--bcher-kva.example>", ())]

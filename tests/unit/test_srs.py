@@ -6,7 +6,17 @@ import time
 
 import pytest
 
-from srs import SRS, AddressError, BadHash, Expired, Malformed, NotSRS, SRSError, looks_like_srs
+from srs import (
+    SRS,
+    AddressError,
+    BadHash,
+    Expired,
+    Malformed,
+    NotSRS,
+    SRSError,
+    ascii_domain,
+    looks_like_srs,
+)
 
 # 2026-11-23 12:00 UTC; day 20780, stamp "JM" -- matches the vectors below,
 # which Mail::SRS and postsrsd printed for the secret "tops3cret" that day.
@@ -278,3 +288,10 @@ def test_idn_srs_domain_is_used_as_a_label() -> None:
     s = SRS(["k"], "weiterleitung.bücher.de")
     assert s.domain == "weiterleitung.xn--bcher-kva.de"
     assert s.forward("a@example.org", now=NOW).endswith("@weiterleitung.xn--bcher-kva.de")
+
+
+def test_ascii_domain() -> None:
+    assert ascii_domain("josé@bücher.de") == "josé@xn--bcher-kva.de"
+    assert ascii_domain("a@example.org") == "a@example.org"
+    assert ascii_domain("no-at-sign") == "no-at-sign"
+    assert ascii_domain("a@bü--cher.de") == "a@bü--cher.de"  # not a valid IDN: unchanged

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import Milter
 
-from fwdmilter import addr, dsn, policy, replies
+from fwdmilter import addr, dsn, policy, replies, tcp
 from fwdmilter.errors import DSNError, StoreError, StoreUnavailable
 from fwdmilter.replies import Reply
 from fwdmilter.store.base import HeldEntry, MessageRecord, RcptInfo
@@ -184,6 +184,10 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         if rc != CONTINUE:
             return rc
         opts[0] = self._actions = offered & WANTED_ACTIONS
+        if tcp.wants_data_reply(self.rt.cfg.milter.socket):
+            # Over TCP, answer DATA so that the MTA's next write does not
+            # wait for a delayed ACK (fwdmilter.tcp, point 2).
+            opts[1] = self._protocol = opts[1] & ~Milter.P_NODATA
         if self._actions & Milter.SETSYMLIST:
             # Sendmail names the queue id "i" and the SASL login {auth_authen},
             # as Postfix does; both send them at MAIL FROM when asked.

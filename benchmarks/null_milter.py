@@ -8,7 +8,7 @@ on libmilter and pymilter exactly as fwdmilter does (one thread per MTA
 connection, Python callbacks under the GIL) but asks for as little as the
 protocol allows: every callback that can be negotiated away is (connect,
 HELO, MAIL, RCPT, DATA, headers, end of headers, body, unknown commands), no
-actions, and an empty macro list for every stage. What is left is what no
+actions, and one macro (the queue id) for every stage. What is left is what no
 milter can avoid: the option negotiation of each connection and the reply to
 end of message.
 """
@@ -42,11 +42,11 @@ class NullMilter(Milter.Base):  # type: ignore[misc]
         rc: int = super().negotiate(opts)
         # No actions but SETSYMLIST, which setting the macro lists needs.
         opts[0] = offered & Milter.SETSYMLIST
-        for stage in _STAGES:
-            try:
-                self._ctx.setsymlist(stage, "")
-            except milter.error:
-                break  # an MTA or libmilter without SETSYMLIST: its defaults
+        if opts[0] & Milter.SETSYMLIST:
+            # An empty list would mean the MTA's defaults: ask for the queue
+            # id alone, as fwdmilter does for the stages it reads nothing at.
+            for stage in _STAGES:
+                self._ctx.setsymlist(stage, "i")
         return rc
 
     def eom(self) -> int:

@@ -36,7 +36,7 @@ from typing import Final
 import Milter
 import milter
 
-from fwdmilter import __version__, config, runtime, sdnotify
+from fwdmilter import __version__, config, runtime, sdnotify, tcp
 from fwdmilter.alerts import AlertSender
 from fwdmilter.errors import ConfigError, FwdmilterError
 from fwdmilter.milter import WANTED_ACTIONS, FwdMilter
@@ -172,6 +172,10 @@ class Server:
         milter.opensocket(True)
         if path:
             Path(path).chmod(int(cfg.milter.socket_mode, 8))
+        port = tcp.listen_port(cfg.milter.socket)
+        if port is not None and not tcp.set_nodelay_on_listener(port):
+            # Accepted sockets inherit TCP_NODELAY from the listener (fwdmilter.tcp, point 1).
+            log.warning("%s: TCP_NODELAY not set; replies may wait for ACKs", cfg.milter.socket)
 
     def _milter_main(self) -> None:
         try:

@@ -15,6 +15,7 @@ reaches the SMTP client.
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import secrets
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import Milter
 
-from fwdmilter import addr, dsn, policy, replies
+from fwdmilter import addr, dsn, policy, replies, tcp
 from fwdmilter.errors import DSNError, StoreError, StoreUnavailable
 from fwdmilter.replies import Reply
 from fwdmilter.store.base import HeldEntry, MessageRecord, RcptInfo
@@ -81,7 +82,9 @@ class Hooks(Protocol):
 
 
 def _new_id() -> str:
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
+    # 80 random bits as 16 letters of _ID_ALPHABET (RFC 4648 base32, in lower
+    # case): one getrandom() call where 16 secrets.choice() calls made 16.
+    return base64.b32encode(secrets.token_bytes(10)).decode("ascii").lower()
 
 
 def _guarded(stage: str) -> Callable[[F], F]:
@@ -207,6 +210,10 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         if rc != CONTINUE:
             return rc
         opts[0] = self._actions = offered & WANTED_ACTIONS
+        if tcp.wants_data_reply(self.rt.cfg.milter.socket):
+            # Over TCP, answer DATA so that the MTA's next write does not
+            # wait for a delayed ACK (fwdmilter.tcp, point 2).
+            opts[1] = self._protocol = opts[1] & ~Milter.P_NODATA
         if self._actions & Milter.SETSYMLIST:
             # Sendmail names the queue id "i" and the SASL login {auth_authen},
             # as Postfix does; both send them at MAIL FROM when asked.

@@ -8,7 +8,9 @@ can live in one process and none of them depends on /etc/resolv.conf unless
 configured so.
 
 Every evaluation has one overall time limit (``dns.timeout``): pyspf's own
-default would wait 20 seconds on a zone that never answers.
+default would wait 20 seconds on a zone that never answers. Answers are
+cached for their TTL (dnspython's LRUCache), so that a run of mail from one
+domain costs one evaluation's lookups, not one per message.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from fwdmilter.policy import SPFOutcome
 __all__ = ["SPFChecker"]
 
 log = logging.getLogger(__name__)
+
+#: DNS answers kept (each for its TTL), least recently used dropped first.
+_CACHE_ENTRIES = 10_000
 
 _current = threading.local()
 _install_lock = threading.Lock()
@@ -101,6 +106,10 @@ class SPFChecker:
             resolver = dns.resolver.Resolver()
         resolver.timeout = settings.timeout
         resolver.lifetime = settings.timeout
+        # Answers are kept for their TTL, as a caching resolver keeps them:
+        # mail from one domain comes in runs, and a lookup and its parsing
+        # are most of the milter's work per message. Thread-safe.
+        resolver.cache = dns.resolver.LRUCache(_CACHE_ENTRIES)
         self._resolver = resolver
         self._timeout = settings.timeout
         self._permits_cache: dict[tuple[str, str], tuple[float, bool]] = {}

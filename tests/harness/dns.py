@@ -92,9 +92,10 @@ def _txt_arg(name: str, txt: str) -> str:
 
 
 class DnsServer:
-    """dnsmasq answering ``zones`` only, on 127.0.0.1:``port`` (UDP and TCP)."""
+    """dnsmasq answering ``zones`` only, on 127.0.0.1:``port`` (UDP and TCP),
+    with the TTL ``ttl`` (0 by default: answers are never cached)."""
 
-    def __init__(self, workdir: Path, zones: Sequence[DnsName] = ZONES) -> None:
+    def __init__(self, workdir: Path, zones: Sequence[DnsName] = ZONES, ttl: int = 0) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.zones = tuple(zones)
@@ -115,6 +116,9 @@ class DnsServer:
             "--bind-interfaces",
             "--cache-size=0",
             "--local=/example/",
+            # TTL of the records given here; 0 (dnsmasq's default): no
+            # resolver caches them, every lookup reaches this server.
+            f"--local-ttl={ttl}",
             "--log-queries",
             f"--log-facility={self.log_path}",
         ]

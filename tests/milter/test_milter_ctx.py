@@ -9,6 +9,7 @@ repeat the important cases through real Postfix.
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import io
 import time
@@ -186,6 +187,18 @@ def test_negotiates_only_what_it_uses(rt: runtime.Runtime, hooks: Hooks) -> None
     for bit in (Milter.P_NODATA, Milter.P_NOEOH, Milter.P_NOUNKNOWN):
         assert proto & bit
     assert not proto & (Milter.P_NOMAIL | Milter.P_NORCPT)
+
+
+def test_over_tcp_data_is_answered(rt: runtime.Runtime, hooks: Hooks) -> None:
+    # The reply to DATA carries the ACK the MTA's next write waits for
+    # (fwdmilter.tcp); over a unix socket DATA stays skipped (above).
+    milter_cfg = dataclasses.replace(rt.cfg.milter, socket="inet:10025@127.0.0.1")
+    tcp_rt = dataclasses.replace(rt, cfg=dataclasses.replace(rt.cfg, milter=milter_cfg))
+    ctx = connect(tcp_rt, hooks)
+    assert not ctx._protocol & (Milter.P_NODATA | Milter.P_NR_DATA)
+    assert ctx._protocol & Milter.P_NOEOH and ctx._protocol & Milter.P_NR_HDR
+    assert feed(ctx, "alice@pass.example", "bob@fwd.example") == Milter.CONTINUE
+    assert ctx._delrcpt == ["<bob@fwd.example>"]
 
 
 def test_spf_pass_is_forwarded_with_an_srs_sender(rt: runtime.Runtime, hooks: Hooks) -> None:

@@ -13,10 +13,17 @@ connections get the new settings; running transactions finish with theirs);
 SIGTERM and SIGINT stop accepting connections and let running transactions
 finish, for at most ``milter.shutdown_timeout`` seconds.
 
-libmilter's own signal thread would take SIGHUP as "stop": so libmilter's
-main loop runs on a thread of its own, whose signal mask it sets, and the
-main thread, which keeps these signals unblocked, receives them (Linux
-delivers a process-directed signal to the main thread when it accepts it).
+Two processes. libmilter starts a thread of its own that sigwait()s for
+SIGHUP, SIGTERM and SIGINT and stops the milter on any of them, at once,
+transactions and all; in a process that also wants SIGHUP for itself there
+is no way to be sure which thread a signal reaches (a test saw libmilter win
+a SIGHUP sent just after start). So the process systemd starts is a small
+supervisor without libmilter: it takes the signals, passes them on as
+commands over a pipe, and speaks sd_notify; the milter runs in a worker
+process it forks, where these signals are ignored (so the kernel discards
+them before libmilter's thread can take one). The worker reports back over
+a second pipe (ready, reloading, stopping), and its exit status is the
+supervisor's.
 """
 
 from __future__ import annotations
@@ -24,14 +31,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import select
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Final
+from typing import BinaryIO, Final
 
 import Milter
 import milter
@@ -42,7 +51,7 @@ from fwdmilter.errors import ConfigError, FwdmilterError
 from fwdmilter.milter import WANTED_ACTIONS, FwdMilter
 from fwdmilter.store.base import HeldEntry
 
-__all__ = ["main", "Server"]
+__all__ = ["main", "Server", "supervise"]
 
 log = logging.getLogger("fwdmilter")
 
@@ -82,9 +91,12 @@ def _socket_path(spec: str) -> str:
 
 
 class Server:
-    """Runs the milter: libmilter on a thread, signals on the main thread."""
+    """Runs the milter in the worker: libmilter on a thread, the supervisor's
+    commands (reload, stop) on the main thread. ``tell`` reports to the
+    supervisor: "ready STATUS", "reloading", "stopping"."""
 
-    def __init__(self, cfg: config.Config) -> None:
+    def __init__(self, cfg: config.Config, tell: Callable[[str], None] | None = None) -> None:
+        self._tell = tell or (lambda event: None)
         self._rt = runtime.build(cfg)
         self._cfg_path = cfg.path
         self._connections = 0
@@ -130,14 +142,23 @@ class Server:
     def _new_connection(self) -> FwdMilter:
         return FwdMilter(self._rt, self)
 
-    # -- signals --------------------------------------------------------------
+    # -- commands from the supervisor -------------------------------------------
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP:
+    def command(self, line: str) -> None:
+        """Act on one command: "reload" or "stop" (anything else: stop)."""
+        if line == "reload":
             self._reload.set()
         else:
             self._stop.set()
         self._wake.set()
+
+    def _read_commands(self, source: BinaryIO) -> None:
+        """One command a line; the end of the pipe (the supervisor is gone)
+        means stop."""
+        with source:
+            for raw in source:
+                self.command(raw.decode("ascii", "replace").strip())
+        self.command("stop")
 
     # -- running --------------------------------------------------------------
 
@@ -185,10 +206,13 @@ class Server:
         finally:
             self._wake.set()
 
-    def run(self) -> int:
+    def run(self, commands: BinaryIO | None = None) -> int:
+        """Serve until told to stop; ``commands`` is the supervisor's pipe."""
         cfg = self._rt.cfg
-        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+        if commands is not None:
+            threading.Thread(
+                target=self._read_commands, args=(commands,), name="commands", daemon=True
+            ).start()
         try:
             self._register()
             self._open_socket()
@@ -204,7 +228,7 @@ class Server:
             cfg.srs.domain,
             cfg.as_dict()["store"]["url"],
         )
-        sdnotify.notify("READY=1", STATUS=f"listening on {cfg.milter.socket}")
+        self._tell(f"ready listening on {cfg.milter.socket}")
         while thread.is_alive() and not self._stop.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
@@ -229,7 +253,7 @@ class Server:
         running transactions are waited for.
         """
         timeout = self._rt.cfg.milter.shutdown_timeout
-        sdnotify.notify("STOPPING=1", STATUS="finishing running transactions")
+        self._tell("stopping")
         self._stopping = True
         path = _socket_path(self._rt.cfg.milter.socket)
         if path:
@@ -266,7 +290,7 @@ class Server:
     def reload(self) -> None:
         """Re-read the configuration and secrets; keep running as before if
         they are unusable."""
-        sdnotify.notify("RELOADING=1", STATUS="reloading")
+        self._tell("reloading")
         old = self._rt
         try:
             cfg = config.load(self._cfg_path or None)
@@ -293,7 +317,111 @@ class Server:
             if not same_metrics:
                 old.metrics.close()
             log.info("reloaded configuration from %s", cfg.path)
-        sdnotify.notify("READY=1", STATUS=f"listening on {self._rt.cfg.milter.socket}")
+        self._tell(f"ready listening on {self._rt.cfg.milter.socket}")
+
+
+# -- the supervisor ----------------------------------------------------------------
+
+_NOTIFY: Final = {
+    "ready": "READY=1",
+    "reloading": "RELOADING=1",
+    "stopping": "STOPPING=1",
+}
+
+
+def _worker(cfg: config.Config, commands_fd: int, events_fd: int) -> int:
+    """The worker process: the milter itself."""
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        # Ignored, so discarded when sent: libmilter's signal thread never
+        # gets one. The supervisor's commands come over the pipe instead.
+        signal.signal(sig, signal.SIG_IGN)
+    events = os.fdopen(events_fd, "wb", buffering=0)
+
+    def tell(event: str) -> None:
+        with contextlib.suppress(OSError):
+            events.write(event.encode("utf-8", "replace") + b"\n")
+
+    try:
+        server = Server(cfg, tell)
+    except ConfigError as exc:
+        print(f"fwdmilter: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except FwdmilterError as exc:
+        print(f"fwdmilter: cannot start: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    return server.run(os.fdopen(commands_fd, "rb"))
+
+
+class _Supervisor:
+    def __init__(self, pid: int, commands_fd: int, events_fd: int, stop_bound: float) -> None:
+        self.pid = pid
+        self.commands_fd = commands_fd
+        self.events = os.fdopen(events_fd, "rb", buffering=0)
+        self.stop_bound = stop_bound
+        self.stop_sent_at = 0.0
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        command = b"reload\n" if signum == signal.SIGHUP else b"stop\n"
+        if command == b"stop\n" and not self.stop_sent_at:
+            self.stop_sent_at = time.monotonic()
+        with contextlib.suppress(OSError):
+            os.write(self.commands_fd, command)
+
+    def relay(self) -> None:
+        """Pass the worker's events on to systemd until the worker closes its pipe."""
+        buffered = b""
+        while True:
+            if self.stop_sent_at and time.monotonic() - self.stop_sent_at > self.stop_bound:
+                log.error("the worker did not stop in time; killing it")
+                with contextlib.suppress(OSError):
+                    os.kill(self.pid, signal.SIGKILL)
+            ready, _, _ = select.select([self.events], [], [], 1.0)
+            if not ready:
+                continue
+            chunk = self.events.read(4096)
+            if not chunk:
+                return
+            buffered += chunk
+            while b"\n" in buffered:
+                line, buffered = buffered.split(b"\n", 1)
+                event, _, status = line.decode("utf-8", "replace").partition(" ")
+                state = _NOTIFY.get(event)
+                if state is not None:
+                    fields = {"STATUS": status} if status else {}
+                    sdnotify.notify(state, **fields)
+
+
+def supervise(cfg: config.Config) -> int:
+    """Fork the worker, relay signals to it and its events to systemd, and
+    return its exit status."""
+    commands_r, commands_w = os.pipe()
+    events_r, events_w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        os.close(commands_w)
+        os.close(events_r)
+        code = EX_SOFTWARE
+        try:
+            code = _worker(cfg, commands_r, events_w)
+        except BaseException:
+            log.exception("the worker failed")
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(commands_r)
+    os.close(events_w)
+    sup = _Supervisor(pid, commands_w, events_r, cfg.milter.shutdown_timeout + 15.0)
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, sup.on_signal)
+    try:
+        sup.relay()
+    finally:
+        os.close(commands_w)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) if status else 0
 
 
 def _check_config(cfg: config.Config) -> int:
@@ -335,14 +463,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(cfg.logging.level)
         if args.check_config:
             return _check_config(cfg)
-        server = Server(cfg)
     except ConfigError as exc:
         print(f"fwdmilter: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
     except FwdmilterError as exc:
         print(f"fwdmilter: cannot start: {exc}", file=sys.stderr)
         return EX_CONFIG
-    return server.run()
+    return supervise(cfg)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ since these tests stop, reload and signal the process.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -387,5 +388,46 @@ def test_when_needed_keeps_a_sender_whose_spf_permits_this_forwarder(
         assert rewritten.mail_from.startswith("SRS0=") and rewritten.mail_from.endswith(
             "@fwd.example"
         )
+    finally:
+        fm.stop()
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def test_the_signalled_process_has_no_libmilter_and_the_worker_ignores_signals(
+    runtime: RuntimeDir, tmp_path: Path, mail: MailWorld
+) -> None:
+    """libmilter's signal thread stops the milter on SIGHUP or SIGTERM; it
+    lives in a worker that ignores both, while the supervisor (the process
+    systemd signals) runs one thread and no libmilter."""
+    fm = FwdMilter(runtime.socket("twoproc"), tmp_path, dns_port=mail.dns.port)
+    fm.serve()
+    try:
+        assert fm.proc is not None
+        parent = fm.proc.pid
+        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        assert len(children) == 1
+        worker = int(children[0])
+        assert _proc_status(parent)["Threads"] == "1"
+        assert int(_proc_status(worker)["Threads"]) >= 3  # libmilter's threads are here
+        ignored = int(_proc_status(worker)["SigIgn"], 16)
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            assert ignored & (1 << (sig - 1)), sig
+        caught = int(_proc_status(parent)["SigCgt"], 16)
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            assert caught & (1 << (sig - 1)), sig
+        # A SIGHUP sent straight to the worker is discarded: it keeps serving.
+        os.kill(worker, signal.SIGHUP)
+        time.sleep(0.3)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(fm.socket_path))
+        fm.reload()
+        assert fm.alive
     finally:
         fm.stop()

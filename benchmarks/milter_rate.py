@@ -380,6 +380,17 @@ def process_cpu(pid: int) -> float:
     return sum(int(x) for x in f[11:15]) / _TICK
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, its live descendants and all they reaped:
+    fwdmilter's supervisor and the worker that runs the milter."""
+    total = process_cpu(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return total
+    return total + sum(tree_cpu(int(child)) for child in children)
+
+
 def session_cpu(sid: int) -> float:
     """CPU seconds of every live process of a session, with their reaped
     children: Postfix's master and all its daemons (master runs in a
@@ -406,7 +417,7 @@ def cpu_snapshot(setup: Setup, variant: str) -> dict[str, float]:
         out["postfix"] = session_cpu(os.getsid(master))
     for name, pid in setup.pids.items():
         if name == f"milter:{variant}":
-            out["milter"] = process_cpu(pid)
+            out["milter"] = tree_cpu(pid)
         elif not name.startswith("milter:"):
             out[name] = process_cpu(pid)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)

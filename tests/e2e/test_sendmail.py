@@ -365,6 +365,36 @@ def test_requeue_delivers_once_the_target_is_fixed_and_the_notice_releases_it(
     mail.assert_nothing_for(sender)
 
 
+def test_requeue_of_a_bounce_sendmail_made_itself(
+    fm: FwdMilter, sendmail: SendmailInstance, mail: MailWorld
+) -> None:
+    # A target on the internet refuses at RCPT: Sendmail's own bounce comes
+    # back through the loop-back daemon and is quarantined; requeue takes the
+    # message out of it (read() of Sendmail's queue files) once fixed.
+    tok = unique()
+    rcpt, target = f"f{tok}@fwd.example", f"t{tok}@target.example"
+    fm.fwdctl("forward", "set", rcpt, target)
+    sender = f"s{tok}@softfail.example"
+    with mail.sink.refusing(target):
+        t = send(mail, sendmail, sender, rcpt, tok)
+        assert t.accepted, t
+        fm.wait_log(rf"sender=<> rcpts=<SRS0=[^>]*{tok}@fwd.example> .*action=hold")
+    (entry,) = held(fm, target)
+    assert entry["queue_id"] in sendmail.quarantined()
+    assert entry["reason"].startswith("5.1.1 550 5.1.1 Recipient address rejected")
+    fm.fwdctl("held", "requeue", "--target", target)
+    got = mail.wait_for(target, listener="internet")
+    assert got.email["Subject"] == tok
+    # Sendmail's bounce returns the message with a Return-Path; Sendmail takes
+    # it out again as it relays the requeued message (H?P?: local mailers only).
+    assert "Return-Path" not in got.email
+    assert got.rcpt(target).params.get("NOTIFY") == "SUCCESS,FAILURE"
+    assert entry["queue_id"] not in sendmail.queue_files()
+    (requeued,) = held(fm, target)
+    assert requeued["state"] == "R"  # the internet sink sends no delivery notice
+    mail.assert_nothing_for(sender)
+
+
 def test_expiry_deletes_the_quarantined_bounce(
     fm: FwdMilter, sendmail: SendmailInstance, mail: MailWorld
 ) -> None:

@@ -47,9 +47,9 @@ does.
 
 Every file Sendmail reads or writes lives in a root-owned 0755 folder under
 the harness's runtime folder (Sendmail refuses files and milter sockets
-under a world-writable folder such as /tmp); the log and the generated
-files are copied next to nothing else: ``base`` holds ``maillog`` and
-``sendmail.out`` for post-mortems.
+under a world-writable folder such as /tmp), removed with it at the end of
+the session; ``base`` (in pytest's temporary folder, which stays) holds
+``maillog``, ``sendmail.out`` and a copy of the ``.mc`` for post-mortems.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ from typing import Final
 from fwdmilter.errors import MTAError
 from fwdmilter.mta.base import MTA, QueuedMessage
 
-__all__ = ["Sendmail", "ControlFile", "parse_control_file", "ESMTP_MAILER_FLAGS"]
+__all__ = ["Sendmail", "ControlFile", "Header", "parse_control_file", "ESMTP_MAILER_FLAGS"]
 
 log = logging.getLogger(__name__)
 

@@ -232,7 +232,8 @@ class SendmailInstance:
     def _write_namespace(self) -> None:
         d = self.dir
         (d / "hosts").write_text(f"127.0.0.1 {self.hostname} localhost\n")
-        # Nothing listens on 127.0.0.1:53 in a test: a lookup fails at once.
+        # Lookups go to 127.0.0.1:53, where a test machine has no server: they
+        # fail at once instead of waiting on the network's resolver.
         (d / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         (d / "service.switch").write_text("hosts files\naliases files\n")
         dev = d / "dev"

@@ -42,8 +42,8 @@ bytes that came from the message itself and could be taken for such codes
 
 Locking: Sendmail holds ``flock(2)`` on a control file while it works on it
 (exclusive) or lists it (shared). :meth:`Sendmail.delete` takes the
-exclusive lock without waiting: if Sendmail has the file, deletion fails
-and says so, and is tried again later. The control file goes before the
+exclusive lock without blocking, trying for two seconds: if Sendmail keeps
+the file, deletion fails and says so, and is tried again later. The control file goes before the
 data file, so that an interruption leaves at worst a data file Sendmail
 ignores, never a control file whose data is gone (Sendmail would set that
 one aside as lost, ``Qf``).
@@ -56,6 +56,7 @@ import fcntl
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,9 +272,14 @@ class Sendmail(MTA):
 
     name = "sendmail"
 
-    def __init__(self, queue_dir: str = "/var/spool/mqueue", cf: str = "") -> None:
+    def __init__(
+        self, queue_dir: str = "/var/spool/mqueue", cf: str = "", lock_wait: float = 2.0
+    ) -> None:
         self.queue_dir = queue_dir
         self.cf = cf
+        #: Seconds delete() tries for the lock: a quarantined message is
+        #: locked only while mailq lists it; Sendmail never delivers it.
+        self.lock_wait = lock_wait
         self._checked_cf = False
 
     # -- the queue folders ---------------------------------------------------------
@@ -419,6 +425,26 @@ class Sendmail(MTA):
             raise MTAError(f"{queue_id}: cannot read the queue files: {exc}") from None
         return control.header_block() + b"\n" + body
 
+    def _lock(self, fd: int, queue_id: str, path: Path) -> None:
+        """Sendmail's exclusive lock on a control file, tried for ``lock_wait``
+        seconds, never waited on: a blocking flock would hang fwdctl behind a
+        stuck Sendmail process."""
+        deadline = time.monotonic() + self.lock_wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise MTAError(f"{queue_id}: cannot lock {path}: {exc.strerror}") from None
+                if time.monotonic() >= deadline:
+                    raise MTAError(
+                        f"{queue_id}: Sendmail is working on it (the queue file is locked); "
+                        "try again"
+                    ) from None
+                time.sleep(0.1)
+            else:
+                return
+
     def delete(self, queue_id: str) -> bool:
         self._check_id(queue_id)
         found = self._find(queue_id)
@@ -434,14 +460,7 @@ class Sendmail(MTA):
         except OSError as exc:
             raise MTAError(f"{queue_id}: cannot open {path}: {exc.strerror}") from None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise MTAError(f"{queue_id}: cannot lock {path}: {exc.strerror}") from None
-                raise MTAError(
-                    f"{queue_id}: Sendmail is working on it (the queue file is locked); try again"
-                ) from None
+            self._lock(fd, queue_id, path)
             # Still the file we opened? Sendmail may have released it (hf
             # renamed to qf) between the lookup and the lock.
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -175,13 +176,26 @@ def test_delete_removes_control_then_data_file(tmp_path: Path) -> None:
 def test_delete_leaves_a_message_sendmail_holds_locked(tmp_path: Path) -> None:
     queue = queue_with(tmp_path / "mqueue", "sendmail-bounce")
     qid = CAPTURED["sendmail-bounce"]
-    mta = Sendmail(str(queue))
+    mta = Sendmail(str(queue), lock_wait=0.3)
     with (queue / f"hf{qid}").open("rb") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # as mailq does while listing
         with pytest.raises(MTAError, match="Sendmail is working on it"):
             mta.delete(qid)
         assert (queue / f"hf{qid}").exists() and (queue / f"df{qid}").exists()
     assert mta.delete(qid) is True
+
+
+def test_delete_waits_out_a_short_lock(tmp_path: Path) -> None:
+    queue = queue_with(tmp_path / "mqueue", "sendmail-bounce")
+    qid = CAPTURED["sendmail-bounce"]
+    f = (queue / f"hf{qid}").open("rb")
+    fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+    timer = threading.Timer(0.3, f.close)  # mailq done listing
+    timer.start()
+    try:
+        assert Sendmail(str(queue), lock_wait=5).delete(qid) is True
+    finally:
+        timer.join()
 
 
 def test_delete_never_touches_queued_mail(tmp_path: Path) -> None:

@@ -8,12 +8,24 @@ the MTA's reply, and nothing is retried here: callers decide.
 
 from __future__ import annotations
 
+import re
 import smtplib
 from collections.abc import Sequence
+from typing import Final
 
 from fwdmilter.errors import MTAError
 
 __all__ = ["submit"]
+
+_BARE_LF: Final = re.compile(rb"(?<!\r)\n")
+
+
+def _crlf(message: bytes) -> bytes:
+    """Lines end in CRLF on the wire (RFC 5321 section 2.3.8). Held messages
+    come from the MTA's queue with LF line ends, and smtplib sends bytes as
+    they are: Postfix takes a bare LF, Sendmail 8.17 drops the connection
+    ("421 4.5.0 Bare linefeed (LF) not allowed")."""
+    return _BARE_LF.sub(b"\r\n", message)
 
 
 def _host_port(hostport: str) -> tuple[str, int]:
@@ -57,7 +69,7 @@ def submit(
                 code, text = smtp.rcpt(rcpt, rcpt_opts)
                 if code not in (250, 251):
                     raise MTAError(f"{hostport} refused RCPT TO:<{rcpt}>: {code} {text!r}")
-            code, text = smtp.data(message)
+            code, text = smtp.data(_crlf(message))
             if code != 250:
                 raise MTAError(f"{hostport} refused the message: {code} {text!r}")
     except smtplib.SMTPResponseException as exc:

@@ -1,4 +1,4 @@
-"""pytest fixtures for end-to-end mail tests: DNS, sink, INNER and BORDER Postfix.
+"""pytest fixtures for end-to-end mail tests: DNS, sink, INNER and BORDER (Postfix or Sendmail).
 
 The topology (every server on 127.0.0.1, free ports, temp folders)::
 
@@ -15,6 +15,12 @@ The topology (every server on 127.0.0.1, free ports, temp folders)::
            (``mail.route_bounces_to``); anything else -> sink listener "inner-out".
     DNS: dnsmasq with tests.harness.dns.ZONES (the milter's resolver: ``mail.dns.port``).
 
+A Sendmail BORDER (``sendmail_factory``) routes as the Postfix one does, but
+for fwd.example: that goes back into the same Sendmail through its second,
+loop-back daemon, which runs the milter too. Sendmail runs milters on SMTP
+input only, and this is how a bounce it generates itself for a forwarded
+message (sent to the SRS sender, at fwd.example) reaches the milter.
+
 Fixtures::
 
     runtime         session  root-owned 0755 folder for milter sockets and data dirs
@@ -23,6 +29,7 @@ Fixtures::
     inner           session  PostfixInstance INNER
     mail            session  MailWorld: the above plus helpers (send, wait_for, idle...)
     border_factory  module   make BORDERs: border_factory(milter="unix:/run/...sock")
+    sendmail_factory module  make Sendmail BORDERs: sendmail_factory(milter="unix:/run/...sock")
     probe_milter    session  the test-only milter of tests.harness.probe_milter
 
 A test::
@@ -60,6 +67,7 @@ import pytest
 from tests.harness.dns import DnsServer
 from tests.harness.postfix import PostfixInstance, RuntimeDir
 from tests.harness.probe_milter import ProbeMilter
+from tests.harness.sendmail import SendmailInstance
 from tests.harness.sink import Message, Sink
 from tests.harness.smtp import Recipient, Transcript, send
 
@@ -70,6 +78,7 @@ __all__ = [
     "SINK_LISTENERS",
     "BorderFactory",
     "MailWorld",
+    "SendmailFactory",
 ]
 
 INNER_DOMAIN = "inner.example"
@@ -92,13 +101,14 @@ class MailWorld:
         self.inner = inner
         self.session_dir = session_dir
         self.borders: list[PostfixInstance] = []
-        self.bounce_route: PostfixInstance | None = None
+        self.sendmails: list[SendmailInstance] = []
+        self.bounce_route: PostfixInstance | SendmailInstance | None = None
 
     @property
     def instances(self) -> list[PostfixInstance]:
         return [*self.borders, self.inner]
 
-    def route_bounces_to(self, border: PostfixInstance) -> None:
+    def route_bounces_to(self, border: PostfixInstance | SendmailInstance) -> None:
         """Make INNER send mail for fwd.example (bounces to SRS senders) to ``border``."""
         _write_inner_transport(self.inner, self.sink, border.port)
         if self.inner.running:
@@ -107,7 +117,7 @@ class MailWorld:
 
     def send(
         self,
-        border: PostfixInstance,
+        border: PostfixInstance | SendmailInstance,
         mail_from: str,
         rcpts: Sequence[Recipient],
         message: bytes | str | None = None,
@@ -117,8 +127,10 @@ class MailWorld:
         return send(border.port, mail_from, rcpts, message, **options)
 
     def explain(self) -> str:
-        """The tails of every Postfix log, for failure messages."""
-        return "\n".join(pf.explain() for pf in self.instances)
+        """The tails of every MTA's log, for failure messages."""
+        return "\n".join(
+            [*(pf.explain() for pf in self.instances), *(sm.explain() for sm in self.sendmails)]
+        )
 
     def wait_for(
         self,
@@ -140,7 +152,7 @@ class MailWorld:
         )
 
     def wait_idle(self, timeout: float = 20.0) -> None:
-        """Wait until no Postfix has a message in flight (deferred and held mail aside).
+        """Wait until no MTA has a message in flight (deferred and held mail aside).
 
         Checked twice in a row, so that a message passed from one instance to
         the next between two looks is not missed.
@@ -149,6 +161,7 @@ class MailWorld:
         calm = 0
         while calm < 2:
             busy = [(pf.name, e.queue_id) for pf in self.instances for e in pf.in_flight()]
+            busy += [(sm.name, qid) for sm in self.sendmails for qid in sm.in_flight()]
             calm = 0 if busy else calm + 1
             if time.monotonic() > deadline:
                 raise TimeoutError(f"still in flight after {timeout}s: {busy}\n{self.explain()}")
@@ -266,6 +279,89 @@ class BorderFactory:
         self.made.clear()
 
 
+class SendmailFactory:
+    """Makes Sendmail instances in BORDER's place; each is stopped when the
+    factory's scope ends.
+
+    Routing mirrors BORDER's: inner.example -> INNER, anything else -> the
+    sink's "internet" listener; fwd.example, though, goes back into the
+    instance itself through its loop-back daemon, so that the bounces
+    Sendmail generates for forwarded mail pass the milter (docs/sendmail.md).
+    """
+
+    def __init__(self, world: MailWorld, runtime: RuntimeDir, workdir: Path) -> None:
+        self.world = world
+        self.runtime = runtime
+        self.workdir = workdir
+        self.made: list[SendmailInstance] = []
+        self._previous_route: PostfixInstance | SendmailInstance | None = None
+
+    def __call__(
+        self,
+        milter: str | Path | None = None,
+        *,
+        name: str | None = None,
+        hostname: str | None = None,
+        routes: Mapping[str, int] | None = None,
+        route_bounces: bool = True,
+        start: bool = True,
+        **options: Any,
+    ) -> SendmailInstance:
+        """A Sendmail instance, started unless ``start=False``.
+
+        ``milter``: the socket under test ("unix:/path" or a Path), or None.
+        ``routes``: extra mailertable entries (domain -> loopback port), before
+        the defaults. ``route_bounces``: INNER's mail for fwd.example goes to
+        this instance. Other keywords go to ``SendmailInstance``.
+        """
+        index = len(self.made) + 1
+        name = _unique_name(
+            self.workdir, name or ("sendmail" if index == 1 else f"sendmail{index}")
+        )
+        spec = f"unix:{milter}" if isinstance(milter, Path) else milter
+        sink = self.world.sink
+        sm = SendmailInstance(
+            name,
+            base=self.workdir / name,
+            runtime=self.runtime,
+            hostname=hostname or f"{name}.{FWD_DOMAIN}",
+            routes={
+                **(routes or {}),
+                INNER_DOMAIN: self.world.inner.port,
+                ".": sink.port("internet"),
+            },
+            loop_domains=[FWD_DOMAIN],
+            relay_domains=[FWD_DOMAIN, INNER_DOMAIN],
+            milter=spec,
+            **options,
+        )
+        self.made.append(sm)
+        self.world.sendmails.append(sm)
+        if start:
+            sm.start()
+        if route_bounces:
+            if self.world.bounce_route not in self.made:
+                self._previous_route = self.world.bounce_route
+            self.world.route_bounces_to(sm)
+        return sm
+
+    def close(self) -> None:
+        for sm in self.made:
+            sm.stop()
+            if sm in self.world.sendmails:
+                self.world.sendmails.remove(sm)
+        if self.world.bounce_route in self.made:
+            previous = self._previous_route
+            alive = previous is not None and previous.running
+            self.world.bounce_route = previous if alive else None
+            _write_inner_transport(
+                self.world.inner, self.world.sink, previous.port if alive and previous else None
+            )
+            if self.world.inner.running:
+                self.world.inner.reload()
+        self.made.clear()
+
+
 def _unique_name(workdir: Path, name: str) -> str:
     candidate, n = name, 1
     while (workdir / candidate).exists():
@@ -342,6 +438,15 @@ def mail(dns: DnsServer, sink: Sink, inner: PostfixInstance, session_dir: Path) 
 @pytest.fixture(scope="module")
 def border_factory(mail: MailWorld, runtime: RuntimeDir) -> Iterator[BorderFactory]:
     factory = BorderFactory(mail, runtime, mail.session_dir / "postfix")
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture(scope="module")
+def sendmail_factory(mail: MailWorld, runtime: RuntimeDir) -> Iterator[SendmailFactory]:
+    factory = SendmailFactory(mail, runtime, mail.session_dir / "sendmail")
     try:
         yield factory
     finally:

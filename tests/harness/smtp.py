@@ -9,7 +9,7 @@ API::
     t.mail.startswith("550 5.7.23")
     t.rcpt("bob@fwd.example")   # the reply to that RCPT
     t.data                      # the final reply to the message, None if never sent
-    t.accepted, t.queue_id      # True, "4Abc123" (from "queued as ...")
+    t.accepted, t.queue_id      # True, "4Abc123" (Postfix's "queued as ...", or Sendmail's)
 
 ``send`` opens one session per call; ``Client`` keeps a session open for
 several transactions. Per-recipient parameters: pass ``(address, [params])``
@@ -68,7 +68,9 @@ class Reply:
         return str(self).startswith(prefix)
 
 
-_QUEUED = re.compile(r"queued as ([0-9A-Za-z]+)")
+# Postfix and the sink: "250 2.0.0 Ok: queued as ID"; Sendmail: "250 2.0.0 ID Message
+# accepted for delivery".
+_QUEUED = re.compile(r"queued as ([0-9A-Za-z]+)|^\d\.\d\.\d ([0-9A-Za-z]+) Message accepted")
 
 Recipient = str | tuple[str, Sequence[str]]
 
@@ -100,7 +102,7 @@ class Transcript:
         if self.data is None:
             return None
         found = _QUEUED.search(self.data.text)
-        return found.group(1) if found else None
+        return (found.group(1) or found.group(2)) if found else None
 
     def __str__(self) -> str:
         lines = [f"connect: {self.greeting}", f"helo: {self.helo}", f"mail: {self.mail}"]

@@ -187,6 +187,16 @@ class FwdMilter:
             )
         return done
 
+    @property
+    def worker_pid(self) -> int:
+        """The worker the supervisor forked: the process with libmilter in it."""
+        assert self.proc is not None
+        pid = self.proc.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if len(children) != 1:
+            raise RuntimeError(f"fwdmilter {pid} has children {children}, not one worker")
+        return int(children[0])
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.signal(sig)

@@ -77,11 +77,11 @@ class Daemon:
 
     @property
     def pid(self) -> int:
-        assert self.fm.proc is not None
-        return self.fm.proc.pid
+        """The worker: the process with libmilter and the connections."""
+        return self.fm.worker_pid
 
     def resources(self) -> tuple[int, int]:
-        """(threads, open file descriptors) of the daemon."""
+        """(threads, open file descriptors) of the daemon's worker."""
         proc = Path(f"/proc/{self.pid}")
         return (len(list((proc / "task").iterdir())), len(list((proc / "fd").iterdir())))
 

@@ -220,11 +220,11 @@ def commands(block: Block) -> list[Command]:
         if current is not None:
             out.append(_command(block, current, shown))
         return out
-    for line, text, heredoc in _logical_lines(block):
+    for number, text, heredoc in _logical_lines(block):
         out.append(
             Command(
                 block,
-                line,
+                number,
                 text,
                 heredoc="\n".join(heredoc),
                 status=_status(text),

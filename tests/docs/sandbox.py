@@ -324,11 +324,12 @@ class Sandbox:
             ):
                 problems.append("curl of something other than the sandbox's endpoints")
             for word in words:
-                for path in re.findall(r"(?:^|(?<=[\s=:'\"]))(/[^\s'\"]*)", word):
-                    if path.startswith("//") or path == "/dev/null":
-                        continue
-                    if not any(Path(path).is_relative_to(p) for p in self.allowed_paths):
-                        problems.append(f"{path} is outside the sandbox")
+                m = re.match(r"(?:-[-\w]*=|sqlite://)?(/.*)", word)
+                path = m.group(1) if m else ""
+                if not path or path == "/dev/null":
+                    continue
+                if not any(Path(path).is_relative_to(p) for p in self.allowed_paths):
+                    problems.append(f"{path} is outside the sandbox")
         if problems:
             raise AssertionError(f"{cmd.where}: not run: {'; '.join(problems)}\n    {script}")
 

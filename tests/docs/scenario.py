@@ -327,8 +327,24 @@ def delivery_notice(w: World) -> None:
     """The requeued message was delivered; Postfix's "relayed" notice came
     back and released the target."""
     w.border.set_main(defer_transports=None)
-    w.border.flush()
-    w.mail.wait_for(f"bob@{DOWNSTREAM}", match=lambda m: "weekly news" in str(m.email["Subject"]))
+    # A flush that reaches a queue manager still running with the old
+    # setting defers the message again, until the next flush: flush until
+    # it is delivered.
+    deadline = time.monotonic() + 30
+    while True:
+        w.border.flush()
+        try:
+            w.sink.wait_for(
+                f"bob@{DOWNSTREAM}",
+                match=lambda m: "weekly news" in str(m.email["Subject"]),
+                timeout=1.0,
+            )
+            break
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    "the requeued message never came\n" + w.border.explain()
+                ) from None
     wait_until(lambda: w.held() == [], 20, "the held entry is released", interval=0.3)
     t = w.send("someone@neutral.example", f"bob@{DOMAIN}", "no longer deferred")
     assert t.accepted, t
@@ -367,7 +383,8 @@ def milter_stopped(w: World) -> None:
     w.fm.stop()
     # Meanwhile Postfix answers 4xx (milter_default_action = tempfail).
     t = w.send("friend@pass.example", f"bob@{DOMAIN}", "while stopped")
-    assert not t.accepted and str(t.mail or t.helo or t.greeting).startswith("451"), t
+    reply = str(t.mail or t.helo or t.greeting)
+    assert reply == "451 4.7.1 Service unavailable - try again later", t
 
 
 def milter_started(w: World) -> None:

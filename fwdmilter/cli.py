@@ -7,6 +7,7 @@
     fwdctl forward delete RCPT [--moved-to ADDR]
     fwdctl held list [--target ADDR | --domain DOMAIN] [--json]
     fwdctl held requeue --target ADDR | --domain DOMAIN
+    fwdctl held drop --target ADDR [--id ENTRY]
     fwdctl held expire [--now UNIXTIME]
     fwdctl stats [--json]
     fwdctl store migrate --to URL
@@ -231,6 +232,11 @@ def cmd_held(args: argparse.Namespace, cfg: config.Config) -> int:
             outcomes = held.requeue(cfg, store, mta, make_srs(cfg), _selected(store, args), now)
             if not outcomes:
                 print("nothing is held for that")
+        elif sub == "drop":
+            entries = [e for e in _selected(store, args) if args.id in (None, e.entry_id)]
+            outcomes = held.drop(cfg, store, mta, entries)
+            if not outcomes:
+                print("nothing is held for that")
         else:  # expire
             outcomes = held.expire(cfg, store, mta, now) + held.resend_alerts(cfg, store)
         status = EXIT_OK
@@ -342,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_held = sub.add_parser("held", help="mail held instead of bounced to unverified senders")
     held_sub = p_held.add_subparsers(
-        dest="held_command", required=True, metavar="list|requeue|expire"
+        dest="held_command", required=True, metavar="list|requeue|drop|expire"
     )
     for name, text in (
         ("list", "list held and requeued mail"),
@@ -354,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument("--domain", metavar="DOMAIN", help="only mail for targets in DOMAIN")
         if name == "list":
             p.add_argument("--json", action="store_true")
+    p = held_sub.add_parser("drop", help="discard held mail now (nobody is told)")
+    p.add_argument("--target", metavar="ADDR", required=True, help="the target of the entries")
+    p.add_argument("--id", metavar="ENTRY", help="only this entry (HOST/QUEUEID, as listed)")
+    p.add_argument("--domain", default=None, help=argparse.SUPPRESS)
     p = held_sub.add_parser("expire", help="discard held mail older than held.retention_days")
     p.add_argument("--now", type=float, metavar="UNIXTIME", help=argparse.SUPPRESS)
     p_held.set_defaults(func=cmd_held)

@@ -244,7 +244,11 @@ class StoreSettings:
     """[store]: where the forwarding table and all state live."""
 
     url: str = field(default=DEFAULT_STORE_URL, metadata=_check(_store_url))
-    #: What the milter answers when the store cannot be reached.
+    #: What the milter does when it cannot write a forwarded message's records
+    #: at end of message: "tempfail" (451, the client retries) or "accept"
+    #: (forward it unrecorded; a bounce for it then finds no record and is
+    #: held, never sent). A lookup at RCPT cannot do without the store: a
+    #: failure there is always 451.
     on_error: str = field(default="tempfail", metadata=_one_of("tempfail", "accept"))
     #: Prefix of every Redis key (and of nothing in SQLite).
     prefix: str = "fwdmilter"

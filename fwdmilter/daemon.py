@@ -47,7 +47,7 @@ import milter
 
 from fwdmilter import __version__, config, runtime, sdnotify, tcp
 from fwdmilter.alerts import AlertSender
-from fwdmilter.errors import ConfigError, FwdmilterError
+from fwdmilter.errors import ConfigError, FwdmilterError, StoreUnavailable
 from fwdmilter.milter import WANTED_ACTIONS, FwdMilter
 from fwdmilter.store.base import HeldEntry
 
@@ -57,6 +57,9 @@ log = logging.getLogger("fwdmilter")
 
 #: sysexits(3): configuration error. systemd is told not to restart on it.
 EX_CONFIG: Final = 78
+#: sysexits(3): temporary failure (the store cannot be reached at start):
+#: systemd restarts the service until it can.
+EX_TEMPFAIL: Final = 75
 EX_SOFTWARE: Final = 70
 
 
@@ -346,6 +349,9 @@ def _worker(cfg: config.Config, commands_fd: int, events_fd: int) -> int:
     except ConfigError as exc:
         print(f"fwdmilter: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except StoreUnavailable as exc:
+        print(f"fwdmilter: cannot reach the store, will try again: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
     except FwdmilterError as exc:
         print(f"fwdmilter: cannot start: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -35,7 +35,7 @@ from fwdmilter.store.base import HeldEntry, MessageRecord, Store
 from fwdmilter.submit import submit
 from srs import SRS, SRSError
 
-__all__ = ["Outcome", "requeue", "expire", "resend_alerts", "expiry_notice"]
+__all__ = ["Outcome", "requeue", "drop", "expire", "resend_alerts", "expiry_notice"]
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,30 @@ def _logged(what: str, outcome: Outcome) -> Outcome:
         outcome.message,
     )
     return outcome
+
+
+def drop(cfg: Config, store: Store, mta: MTA, entries: Iterable[HeldEntry]) -> list[Outcome]:
+    """Discard held entries now, their held messages with them: the admin's
+    way out for an entry that requeue cannot help (an R entry whose delivery
+    notice never comes, a bounce someone deleted from the queue by hand).
+    Nobody is told; an entry held on another host is left to that host."""
+    outcomes: list[Outcome] = []
+    for entry in entries:
+        if entry.host and entry.host != cfg.milter.hostname:
+            outcomes.append(
+                Outcome(entry, False, f"held on {entry.host}: run fwdctl held drop there")
+            )
+            continue
+        try:
+            deleted = mta.delete(entry.queue_id) if entry.queue_id else False
+            store.drop(entry.target, entry.entry_id)
+            outcome = Outcome(
+                entry, True, "dropped" + (" with its held message" if deleted else "")
+            )
+        except FwdmilterError as exc:
+            outcome = Outcome(entry, False, str(exc))
+        outcomes.append(_logged("drop", outcome))
+    return outcomes
 
 
 def expiry_notice(cfg: Config, entry: HeldEntry) -> bytes:

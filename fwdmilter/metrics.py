@@ -31,7 +31,9 @@ class Metrics(Protocol):
         """forward, reverse, refused"""
 
     def held(self, event: str) -> None:
-        """held, requeued, released, expired"""
+        """held (a bounce held, or held again), released (a requeued
+        message delivered). Requeue and expiry happen in fwdctl, which serves
+        no metrics: the held-entry gauges show their effect."""
 
     def store_latency(self, operation: str, seconds: float) -> None: ...
 

@@ -568,8 +568,11 @@ def _failure_reason(dsn: DSN | None, error: str) -> str:
     if not failed:
         return "delivery failed"
     first = failed[0]
-    text = f"{first.status or '5.0.0'} {first.diagnostic}".strip()
-    return " ".join(text.split())[:300]
+    status = first.status or "5.0.0"
+    diagnostic = " ".join(first.diagnostic.split())
+    # A diagnostic usually quotes the reply, status included: say it once.
+    text = diagnostic if status in diagnostic else f"{status} {diagnostic}".strip()
+    return text[:300]
 
 
 def _hold_bounce(

@@ -93,9 +93,6 @@ TARGET_HELD = temporary(
     "Mail for this recipient is held while its forwarding target refuses mail; "
     "unverified senders are deferred, try again later",
 )
-NULL_SENDER_HELD = temporary(
-    451, "4.7.1", "Bounces for this recipient are deferred; try again later"
-)
 
 # -- end of message -------------------------------------------------------------
 
@@ -109,4 +106,3 @@ STORE_UNAVAILABLE = temporary(
 INTERNAL_ERROR = temporary(451, "4.3.0", "Temporary local problem; try again later")
 SHUTTING_DOWN = temporary(451, "4.3.2", "Mail filter is restarting; try again later")
 BAD_ADDRESS = permanent(553, "5.1.7", "Malformed sender address")
-BAD_RECIPIENT = permanent(553, "5.1.3", "Malformed recipient address")

@@ -329,7 +329,6 @@ REPLY_MEANINGS: Final[dict[str, str]] = {
         " held mail and it was delivered, the mail goes through. Verified (B) mail is"
         " not deferred."
     ),
-    "NULL_SENDER_HELD": "A bounce for a recipient whose bounces are deferred.",
     "LOOP": (
         "End of message: the message carries more of this forwarder's trace headers"
         " than `milter.loop_limit`: it has been forwarded here in a circle."
@@ -346,7 +345,6 @@ REPLY_MEANINGS: Final[dict[str, str]] = {
         " it running again."
     ),
     "BAD_ADDRESS": "MAIL FROM, a sender address the milter cannot make an SRS address of.",
-    "BAD_RECIPIENT": "A recipient address that cannot be parsed.",
 }
 
 

@@ -265,7 +265,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def held(self, target: str | None = None, domain: str | None = None) -> list[HeldEntry]:
-        """Held entries (H and R), all or of one target or target domain,
+        """Held entries (H, R and N), all or of one target or target domain,
         oldest first."""
 
     @abc.abstractmethod

@@ -66,7 +66,7 @@ DOCS: Final = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
 
 RUN_TAGS: Final = frozenset({"console", "sh"})
 HOST_TAGS: Final = frozenset({"sh-host"})
-DATA_TAGS: Final = frozenset({"main.cf", "master.cf", "toml", "acl", "zone", "text"})
+DATA_TAGS: Final = frozenset({"main.cf", "master.cf", "toml", "acl", "zone", "text", "m4"})
 TAGS: Final = RUN_TAGS | HOST_TAGS | DATA_TAGS
 
 _FENCE: Final = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")

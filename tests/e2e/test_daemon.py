@@ -429,3 +429,30 @@ def test_the_signalled_process_has_no_libmilter_and_the_worker_ignores_signals(
         assert fm.alive
     finally:
         fm.stop()
+
+
+def test_a_store_that_cannot_be_reached_at_start_exits_for_a_restart(
+    tmp_path: Path, mail: MailWorld
+) -> None:
+    """75 (EX_TEMPFAIL), which systemd restarts, not 78, which it does not:
+    Redis may come up after the milter at boot."""
+    fm = FwdMilter(
+        tmp_path / "m.sock",
+        tmp_path,
+        dns_port=mail.dns.port,
+        store_url=f"redis://127.0.0.1:{free_port()}/0",
+        settings={"store": {"timeout": 0.5}},
+    )
+    fm.write_config()
+    done = subprocess.run(
+        [sys.executable, "-m", "fwdmilter.daemon", "--config", str(fm.config_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 75, done.stderr
+    assert "cannot reach the store, will try again" in done.stderr
+    unit = (REPO / "systemd" / "fwdmilter.service").read_text()
+    assert "RestartPreventExitStatus=78" in unit and "Restart=on-failure" in unit

@@ -290,3 +290,19 @@ def test_stats_count_per_state_and_target(world: World) -> None:
     text = w.fm.fwdctl("stats").stdout
     assert f"{target}: H=1 R=0" in text
     w.fm.fwdctl("held", "requeue", "--target", target)
+
+
+def test_drop_discards_an_entry_and_its_held_bounce_at_once(world: World) -> None:
+    w = world
+    rcpt, target, tok = forwarding(w)
+    with w.sink.refusing(target):
+        assert w.send(f"s{tok}@softfail.example", rcpt, f"drop {tok}").accepted
+        (entry,) = wait_held(w, target)
+    other = w.fm.fwdctl("held", "drop", "--target", target, "--id", "nobody/none")
+    assert "nothing is held for that" in other.stdout
+    assert len(w.held("--target", target)) == 1
+    done = w.fm.fwdctl("held", "drop", "--target", target, "--id", entry["entry_id"])
+    assert "dropped with its held message" in done.stdout
+    assert w.held("--target", target) == []
+    assert entry["queue_id"] not in {q.queue_id for q in w.border.queue("hold")}
+    assert w.send(f"u{tok}@neutral.example", rcpt, f"flows {tok}").accepted

@@ -311,7 +311,8 @@ def test_bounce_of_unverified_mail_is_quarantined_in_sendmail_not_sent(
     adapter = Sendmail(str(sendmail.queue_dir), str(sendmail.cf))
     mine = [m for m in adapter.held() if m.queue_id == qid]
     assert len(mine) == 1 and mine[0].sender == ""
-    assert mine[0].reason.startswith("fwdmilter: bounce held, sender not verified: 5.1.1")
+    assert mine[0].reason.startswith("fwdmilter: bounce held, sender not verified: ")
+    assert "5.1.1" in mine[0].reason
     bounce = adapter.read(qid)
     assert b"Content-Type: multipart/report" in bounce
     assert b"Return-Path" not in bounce.split(b"\n\n", 1)[0]  # ?P?: local mailers only
@@ -381,7 +382,7 @@ def test_requeue_of_a_bounce_sendmail_made_itself(
         fm.wait_log(rf"sender=<> rcpts=<SRS0=[^>]*{tok}@fwd.example> .*action=hold")
     (entry,) = held(fm, target)
     assert entry["queue_id"] in sendmail.quarantined()
-    assert entry["reason"].startswith("5.1.1 550 5.1.1 Recipient address rejected")
+    assert entry["reason"].startswith("550 5.1.1 Recipient address rejected")
     fm.fwdctl("held", "requeue", "--target", target)
     got = mail.wait_for(target, listener="internet")
     assert got.email["Subject"] == tok

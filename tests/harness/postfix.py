@@ -103,7 +103,6 @@ FAST_MAIN: dict[str, str] = {
     "smtpd_soft_error_limit": "1000",
     "smtpd_hard_error_limit": "1000",
     "smtpd_junk_command_limit": "1000",
-    "transport_destination_rate_delay": "0",
 }
 
 # master.cf without chroot (column 5 "n"); the smtpd listener is added by

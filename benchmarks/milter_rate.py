@@ -391,6 +391,19 @@ def tree_cpu(pid: int) -> float:
     return total + sum(tree_cpu(int(child)) for child in children)
 
 
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory (KiB) of a process and its live descendants."""
+    total = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return total
+    return total + sum(tree_rss_kib(int(child)) for child in children)
+
+
 def session_cpu(sid: int) -> float:
     """CPU seconds of every live process of a session, with their reaped
     children: Postfix's master and all its daemons (master runs in a
@@ -437,6 +450,8 @@ class Batch:
     first: int
     #: CPU seconds per component over the batch (until the sink had all).
     cpu: dict[str, float] = field(default_factory=dict)
+    #: Resident memory of the variant's milter (process tree) after the batch.
+    rss_kib: int = 0
 
     def rate(self, messages: int, which: str = "accept") -> float:
         return messages / (self.accept_s if which == "accept" else self.deliver_s)
@@ -529,6 +544,8 @@ def summarize(
                 k: statistics.median(by[v, r].cpu.get(k, 0.0) * 1000 / messages for r in rounds)
                 for k in CPU_COLUMNS
             },
+            # Resident memory of the milter after the first and the last round.
+            "rss_mib": (by[v, rounds[0]].rss_kib / 1024, by[v, rounds[-1]].rss_kib / 1024),
         }
         if "none" in variants:
             row["accepted_vs_none"] = _spread(
@@ -592,6 +609,12 @@ def print_table(summary: dict[str, dict[str, Any]], args: argparse.Namespace) ->
             + " ".join(f"{cpu[c]:>11.2f}" for c in CPU_COLUMNS)
             + f" {sum(cpu.values()):>8.2f}"
         )
+    print()
+    print(f"Milter resident memory, MiB (after round 1, after round {args.rounds}):")
+    for v, row in rows.items():
+        first, last = row["rss_mib"]
+        if first:
+            print(f"{v:<10} {first:>8.1f} {last:>8.1f}")
     ratios = summary["_ratios"]
     if ratios:
         print()
@@ -626,7 +649,9 @@ def run(
             for v in order:
                 first = setup.sink.count
                 a, d, cpu = send_batch(setup, v, args.messages, args.sessions, args.timeout)
-                batches.append(Batch(v, r, a, d, first, cpu))
+                pid = setup.pids.get(f"milter:{v}")
+                rss = tree_rss_kib(pid) if pid else 0
+                batches.append(Batch(v, r, a, d, first, cpu, rss))
                 print(
                     f"round {r + 1} {v:<10} accepted {args.messages / a:7.1f}/s"
                     f"  delivered {args.messages / d:7.1f}/s",

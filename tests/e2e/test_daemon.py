@@ -41,6 +41,18 @@ def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
     sock.close()
 
 
+def daemon(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``fwdmilter ARGS`` to its end (a refused start, or --check-config)."""
+    return subprocess.run(
+        [sys.executable, "-m", "fwdmilter.daemon", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def served(
     mail: MailWorld,
     runtime: RuntimeDir,
@@ -202,20 +214,7 @@ def test_check_config_prints_effective_settings_with_secrets_masked(
         store_url="redis://fwd:s3cretpw@127.0.0.1:1/0",
     )
     fm.write_config()
-    ok = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fwdmilter.daemon",
-            "--check-config",
-            "--config",
-            str(fm.config_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    ok = daemon("--check-config", "--config", str(fm.config_path))
     assert ok.returncode == 0, ok.stderr
     assert 'url = "redis://fwd:***@127.0.0.1:1/0"' in ok.stdout
     assert "s3cretpw" not in ok.stdout
@@ -224,38 +223,12 @@ def test_check_config_prints_effective_settings_with_secrets_masked(
     fm.config_path.write_text(
         fm.config_path.read_text().replace("timeout = 1.5", "timeout = 'soon'")
     )
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fwdmilter.daemon",
-            "--check-config",
-            "--config",
-            str(fm.config_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    bad = daemon("--check-config", "--config", str(fm.config_path))
     assert bad.returncode == 78
     assert "dns.timeout: must be a number, not 'soon'" in bad.stderr
     fm.write_config()
     fm.secrets_file.chmod(0o644)
-    world = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fwdmilter.daemon",
-            "--check-config",
-            "--config",
-            str(fm.config_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    world = daemon("--check-config", "--config", str(fm.config_path))
     assert world.returncode == 78
     assert "readable by everyone" in world.stderr
 
@@ -322,14 +295,7 @@ def test_unknown_configuration_key_refuses_to_start(tmp_path: Path, mail: MailWo
         tmp_path / "m.sock", tmp_path, dns_port=mail.dns.port, settings={"spf": {"fial": "reject"}}
     )
     fm.write_config()
-    done = subprocess.run(
-        [sys.executable, "-m", "fwdmilter.daemon", "--config", str(fm.config_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    done = daemon("--config", str(fm.config_path))
     assert done.returncode == 78
     assert "spf.fial: unknown key" in done.stderr
 
@@ -341,14 +307,7 @@ def test_a_corrupt_store_file_refuses_to_start(tmp_path: Path, mail: MailWorld) 
         tmp_path / "m.sock", tmp_path, dns_port=mail.dns.port, store_url=f"sqlite://{db}"
     )
     fm.write_config()
-    done = subprocess.run(
-        [sys.executable, "-m", "fwdmilter.daemon", "--config", str(fm.config_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    done = daemon("--config", str(fm.config_path))
     assert done.returncode != 0
     assert str(db) in done.stderr
     assert db.read_bytes() == b"this is not a database" * 100  # nothing lost or rewritten
@@ -444,14 +403,7 @@ def test_a_store_that_cannot_be_reached_at_start_exits_for_a_restart(
         settings={"store": {"timeout": 0.5}},
     )
     fm.write_config()
-    done = subprocess.run(
-        [sys.executable, "-m", "fwdmilter.daemon", "--config", str(fm.config_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = daemon("--config", str(fm.config_path))
     assert done.returncode == 75, done.stderr
     assert "cannot reach the store, will try again" in done.stderr
     unit = (REPO / "systemd" / "fwdmilter.service").read_text()

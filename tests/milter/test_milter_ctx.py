@@ -120,8 +120,8 @@ class Hooks:
         self.alerts.append(entry)
 
 
-@pytest.fixture
-def rt(tmp_path: Path, dns: DnsServer) -> Iterator[runtime.Runtime]:
+def make_runtime(tmp_path: Path, dns: DnsServer, store: str) -> runtime.Runtime:
+    """A runtime as the daemon builds it; ``store`` is the [store] table's body."""
     secrets = tmp_path / "secrets"
     secrets.write_text("s3cret\n")
     secrets.chmod(0o600)
@@ -139,10 +139,15 @@ nameservers = ["127.0.0.1"]
 port = {dns.port}
 timeout = 2.0
 [store]
-url = "sqlite://{tmp_path}/state.db"
+{store}
 """
     )
-    r = runtime.build(cfg)
+    return runtime.build(cfg)
+
+
+@pytest.fixture
+def rt(tmp_path: Path, dns: DnsServer) -> Iterator[runtime.Runtime]:
+    r = make_runtime(tmp_path, dns, f'url = "sqlite://{tmp_path}/state.db"')
     r.store.put_forward(
         Forward("bob@fwd.example", "bob@inner.example", contact="bob@mobile.example")
     )
@@ -354,28 +359,7 @@ def test_store_lost_between_rcpt_and_end_of_message(
     is still forwarded (its bounce, finding no record, would be held: nothing
     is lost); with "tempfail" (the default) the client is told to retry."""
     redis = RedisServer(tmp_path / "redis")
-    secrets = tmp_path / "secrets"
-    secrets.write_text("s3cret\n")
-    secrets.chmod(0o600)
-    cfg = config.loads(
-        f"""
-[milter]
-hostname = "mx.fwd.example"
-[srs]
-domain = "fwd.example"
-secrets_file = "{secrets}"
-[forwarding]
-domains = ["fwd.example"]
-[dns]
-nameservers = ["127.0.0.1"]
-port = {dns.port}
-[store]
-url = "{redis.url}"
-timeout = 0.5
-on_error = "{on_error}"
-"""
-    )
-    rt = runtime.build(cfg)
+    rt = make_runtime(tmp_path, dns, f'url = "{redis.url}"\ntimeout = 0.5\non_error = "{on_error}"')
     try:
         rt.store.put_forward(Forward("bob@fwd.example", "bob@inner.example"))
         ctx = connect(rt, hooks)

@@ -21,13 +21,12 @@ import pytest
 
 from srs import SRS
 from tests.harness.fwdmilter_proc import FwdMilter
-from tests.harness.mail_fixtures import BorderFactory, MailWorld
+from tests.harness.mail_fixtures import OUTSIDE, BorderFactory, MailWorld
 from tests.harness.postfix import PostfixInstance, RuntimeDir
 from tests.harness.proc import free_port, wait_until
 from tests.harness.smtp import Client, make_message, unique
 
 pytestmark = pytest.mark.e2e
-OUTSIDE = "127.0.0.2"
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -19,14 +19,13 @@ import pytest
 
 from srs import SRS
 from tests.harness.fwdmilter_proc import FwdMilter
-from tests.harness.mail_fixtures import BorderFactory, MailWorld
+from tests.harness.mail_fixtures import OUTSIDE, BorderFactory, MailWorld
 from tests.harness.peers import MailSRS
 from tests.harness.postfix import PostfixInstance, RuntimeDir
 from tests.harness.redis import RedisServer
 from tests.harness.smtp import make_message, unique
 
 pytestmark = pytest.mark.e2e
-OUTSIDE = "127.0.0.2"
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
@@ -75,14 +74,7 @@ def test_spf_pass_is_forwarded_with_an_srs_sender_mail_srs_reverses(
 ) -> None:
     rcpt, target, tok = forwarding(fm)
     sender = f"s{tok}@pass.example"
-    t = mail.send(
-        border,
-        sender,
-        [rcpt],
-        make_message(sender, rcpt, subject=tok),
-        source_ip=OUTSIDE,
-        helo="helo.pass.example",
-    )
+    t = mail.send_from_outside(border, sender, [rcpt], tok)
     assert t.accepted, t
     msg = mail.wait_for(target)
     assert msg.mail_from.startswith("SRS0=") and msg.mail_from.endswith("@fwd.example")
@@ -160,14 +152,7 @@ def test_bounce_generated_by_border_reaches_the_original_sender(
     # bounce, which reaches the milter through non_smtpd_milters.
     rcpt, target, tok = forwarding(fm, "ghost")
     sender = f"s{tok}@pass.example"
-    t = mail.send(
-        border,
-        sender,
-        [rcpt],
-        make_message(sender, rcpt, subject=tok),
-        source_ip=OUTSIDE,
-        helo="helo.pass.example",
-    )
+    t = mail.send_from_outside(border, sender, [rcpt], tok)
     assert t.accepted, t
     bounce = mail.wait_for(sender)
     assert bounce.mail_from == ""
@@ -182,14 +167,7 @@ def test_bounce_sent_by_inner_reaches_the_original_sender(
     # INNER accepts "broken", fails to deliver, and mails its own bounce back.
     rcpt, _target, tok = forwarding(fm, "broken")
     sender = f"s{tok}@pass.example"
-    t = mail.send(
-        border,
-        sender,
-        [rcpt],
-        make_message(sender, rcpt, subject=tok),
-        source_ip=OUTSIDE,
-        helo="helo.pass.example",
-    )
+    t = mail.send_from_outside(border, sender, [rcpt], tok)
     assert t.accepted, t
     bounce = mail.wait_for(sender)
     assert bounce.mail_from == ""
@@ -200,14 +178,7 @@ def test_null_sender_mail_is_forwarded_with_null_sender(
     fm: FwdMilter, border: PostfixInstance, mail: MailWorld
 ) -> None:
     rcpt, target, tok = forwarding(fm)
-    t = mail.send(
-        border,
-        "",
-        [rcpt],
-        make_message("MAILER-DAEMON@pass.example", rcpt, subject=tok),
-        source_ip=OUTSIDE,
-        helo="helo.pass.example",
-    )
+    t = mail.send_from_outside(border, "", [rcpt], tok)
     assert t.accepted, t
     msg = mail.wait_for(target)
     assert msg.mail_from == ""
@@ -239,14 +210,7 @@ def test_mail_for_other_domains_passes_untouched(
 ) -> None:
     tok = unique()
     sender, rcpt = f"s{tok}@pass.example", f"alice+{tok}@inner.example"
-    t = mail.send(
-        border,
-        sender,
-        [rcpt],
-        make_message(sender, rcpt, subject=tok),
-        source_ip=OUTSIDE,
-        helo="helo.pass.example",
-    )
+    t = mail.send_from_outside(border, sender, [rcpt], tok)
     assert t.accepted, t
     msg = mail.wait_for(rcpt)
     assert msg.mail_from == sender
@@ -259,9 +223,7 @@ def test_softfail_is_accepted_and_forwarded_as_unbouncable(
 ) -> None:
     rcpt, target, tok = forwarding(fm)
     sender = f"s{tok}@softfail.example"
-    t = mail.send(
-        border, sender, [rcpt], make_message(sender, rcpt, subject=tok), source_ip=OUTSIDE
-    )
+    t = mail.send_from_outside(border, sender, [rcpt], tok)
     assert t.accepted, t
     msg = mail.wait_for(target)
     assert msg.mail_from.startswith("SRS0=")

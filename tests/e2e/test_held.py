@@ -30,10 +30,9 @@ from tests.harness.mail_fixtures import BorderFactory, MailWorld
 from tests.harness.postfix import PostfixInstance, RuntimeDir
 from tests.harness.redis import RedisServer
 from tests.harness.sink import Sink
-from tests.harness.smtp import make_message, unique
+from tests.harness.smtp import unique
 
 pytestmark = pytest.mark.e2e
-OUTSIDE = "127.0.0.2"
 ADMIN = "postmaster@admin.example"
 
 
@@ -51,15 +50,7 @@ class World:
         return out
 
     def send(self, sender: str, rcpt: str, subject: str, body: str = "Hello.\n") -> Any:
-        helo = "helo." + sender.rpartition("@")[2] if sender else "helo.pass.example"
-        return self.mail.send(
-            self.border,
-            sender,
-            [rcpt],
-            make_message(sender or "MAILER-DAEMON@pass.example", rcpt, subject=subject, body=body),
-            source_ip=OUTSIDE,
-            helo=helo,
-        )
+        return self.mail.send_from_outside(self.border, sender, [rcpt], subject, body=body)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])

@@ -19,13 +19,12 @@ from pathlib import Path
 import pytest
 
 from tests.harness.fwdmilter_proc import FwdMilter
-from tests.harness.mail_fixtures import BorderFactory, MailWorld
+from tests.harness.mail_fixtures import OUTSIDE, BorderFactory, MailWorld
 from tests.harness.postfix import PostfixInstance, RuntimeDir
 from tests.harness.proc import free_port
 from tests.harness.smtp import make_message, unique
 
 pytestmark = pytest.mark.e2e
-OUTSIDE = "127.0.0.2"
 _REPO = Path(__file__).resolve().parents[2]
 
 # Run in a child process: libmilter's state is process-wide. The daemon's own

@@ -28,14 +28,13 @@ import pytest
 from fwdmilter.mta.sendmail import Sendmail, parse_control_file
 from srs import SRS
 from tests.harness.fwdmilter_proc import FwdMilter
-from tests.harness.mail_fixtures import MailWorld, SendmailFactory
+from tests.harness.mail_fixtures import OUTSIDE, MailWorld, SendmailFactory
 from tests.harness.peers import MailSRS
 from tests.harness.postfix import RuntimeDir
 from tests.harness.sendmail import SENDMAIL_ROOT, SendmailInstance
 from tests.harness.smtp import Client, Reply, make_message, unique
 
 pytestmark = pytest.mark.e2e
-OUTSIDE = "127.0.0.2"
 HELO = "helo.pass.example"
 #: Set to a folder to keep the queue files of the quarantined messages
 #: (tests/data/sendmail holds such a capture, for tests/unit/test_sendmail_queue.py).

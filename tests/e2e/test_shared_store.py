@@ -19,14 +19,13 @@ from typing import Any
 import pytest
 
 from tests.harness.fwdmilter_proc import FwdMilter
-from tests.harness.mail_fixtures import BorderFactory, MailWorld
+from tests.harness.mail_fixtures import OUTSIDE, BorderFactory, MailWorld
 from tests.harness.postfix import PostfixInstance, RuntimeDir
 from tests.harness.redis import RedisServer
 from tests.harness.sink import Sink
 from tests.harness.smtp import Transcript, make_message, unique
 
 pytestmark = pytest.mark.e2e
-OUTSIDE = "127.0.0.2"
 
 
 @dataclass

@@ -10,14 +10,13 @@ import pytest
 import redis as redis_py
 
 from tests.harness.fwdmilter_proc import FwdMilter
-from tests.harness.mail_fixtures import BorderFactory, MailWorld
+from tests.harness.mail_fixtures import OUTSIDE, BorderFactory, MailWorld
 from tests.harness.postfix import RuntimeDir
 from tests.harness.redis import RedisServer
 from tests.harness.sink import Sink
 from tests.harness.smtp import make_message, unique
 
 pytestmark = pytest.mark.e2e
-OUTSIDE = "127.0.0.2"
 
 
 def test_a_site_moves_from_sqlite_to_redis_without_losing_a_record(

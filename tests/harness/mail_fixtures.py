@@ -69,7 +69,7 @@ from tests.harness.postfix import PostfixInstance, RuntimeDir
 from tests.harness.probe_milter import ProbeMilter
 from tests.harness.sendmail import SendmailInstance
 from tests.harness.sink import Message, Sink
-from tests.harness.smtp import Recipient, Transcript, send
+from tests.harness.smtp import Recipient, Transcript, make_message, send
 
 __all__ = [
     "INNER_DOMAIN",
@@ -82,6 +82,8 @@ __all__ = [
 ]
 
 INNER_DOMAIN = "inner.example"
+#: A client outside BORDER's networks: the milter checks its SPF.
+OUTSIDE = "127.0.0.2"
 FWD_DOMAIN = "fwd.example"
 # Mailboxes at INNER; "broken" is accepted and then fails downstream.
 # "final" lives on a mailbox server that speaks no DSN (sink listener "mda"),
@@ -125,6 +127,27 @@ class MailWorld:
     ) -> Transcript:
         """``tests.harness.smtp.send`` to ``border``'s main listener."""
         return send(border.port, mail_from, rcpts, message, **options)
+
+    def send_from_outside(
+        self,
+        border: PostfixInstance | SendmailInstance,
+        sender: str,
+        rcpts: Sequence[Recipient],
+        subject: str,
+        *,
+        body: str = "Hello.\n",
+        **options: Any,
+    ) -> Transcript:
+        """A message from a client outside BORDER's networks (127.0.0.2, so the
+        milter checks SPF), saying HELO ``helo.<the sender's domain>`` and
+        carrying ``subject``."""
+        domain = sender.rpartition("@")[2] if sender else "pass.example"
+        rcpt = rcpts[0] if isinstance(rcpts[0], str) else rcpts[0][0]
+        message = make_message(
+            sender or "MAILER-DAEMON@pass.example", rcpt, subject=subject, body=body
+        )
+        options = {"source_ip": OUTSIDE, "helo": f"helo.{domain}", **options}
+        return self.send(border, sender, rcpts, message, **options)
 
     def explain(self) -> str:
         """The tails of every MTA's log, for failure messages."""

@@ -43,7 +43,6 @@ and the MTA retries the whole transaction.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import re
 import threading
@@ -51,7 +50,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Concatenate, Final, ParamSpec, TypeVar
+from typing import Any, Final
 
 import redis
 import redis.exceptions as rx
@@ -64,6 +63,7 @@ from fwdmilter.addr import domain_of
 from fwdmilter.config import StoreSettings
 from fwdmilter.errors import ConfigError, StoreError, StoreSchemaError, StoreUnavailable
 from fwdmilter.store import _codec
+from fwdmilter.store._guard import guarded_by
 from fwdmilter.store._url import StoreURL, describe_url, parse_nodes
 from fwdmilter.store.base import (
     SCHEMA_VERSION,
@@ -78,8 +78,6 @@ from fwdmilter.store.base import (
 
 __all__ = ["RedisStore", "REDIS_ERRORS", "open_redis", "translate_error"]
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 #: Every exception redis-py raises (RedisClusterException is not a RedisError).
 REDIS_ERRORS: Final = (rx.RedisError, rx.RedisClusterException, OSError)
@@ -127,19 +125,8 @@ def translate_error(exc: BaseException, name: str) -> StoreError:
     return StoreUnavailable(f"{name}: {type(exc).__name__}: {exc}")
 
 
-def _guarded(
-    method: Callable[Concatenate[RedisStore, _P], _T],
-) -> Callable[Concatenate[RedisStore, _P], _T]:
-    """Turn every redis-py exception of ``method`` into a store error."""
-
-    @functools.wraps(method)
-    def wrapper(self: RedisStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return method(self, *args, **kwargs)
-        except REDIS_ERRORS as exc:
-            raise translate_error(exc, self.name) from exc
-
-    return wrapper
+#: Every redis-py exception of a method becomes a store error.
+_guarded = guarded_by(REDIS_ERRORS, translate_error)
 
 
 class _Script:

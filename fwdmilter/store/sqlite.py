@@ -37,18 +37,18 @@ and what to do), so the milter refuses to start rather than lose state.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Concatenate, Final, ParamSpec, TypeVar
+from typing import Any, Final
 
 from fwdmilter.addr import domain_of
 from fwdmilter.errors import StoreError, StoreSchemaError, StoreUnavailable
 from fwdmilter.store import _codec
+from fwdmilter.store._guard import guarded_by
 from fwdmilter.store.base import (
     SCHEMA_VERSION,
     Forward,
@@ -62,8 +62,6 @@ from fwdmilter.store.base import (
 
 __all__ = ["MIGRATIONS", "Migration", "SQLiteStore"]
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 #: One step: changes a database of version N (its key) into version N + 1,
 #: inside the caller's transaction (so: no executescript, which commits).
@@ -173,19 +171,8 @@ _CORRUPT_ADVICE: Final = (
 )
 
 
-def _guarded(
-    method: Callable[Concatenate[SQLiteStore, _P], _T],
-) -> Callable[Concatenate[SQLiteStore, _P], _T]:
-    """Turn every sqlite3 exception of ``method`` into a store error."""
-
-    @functools.wraps(method)
-    def wrapper(self: SQLiteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.Error as exc:
-            raise translate_error(exc, self.name) from exc
-
-    return wrapper
+#: Every sqlite3 exception of a method becomes a store error.
+_guarded = guarded_by(sqlite3.Error, translate_error)
 
 
 class _Pool:

@@ -29,7 +29,7 @@ from fwdmilter import addr
 from fwdmilter.config import DNSSettings
 from fwdmilter.policy import SPFOutcome
 
-__all__ = ["SPFChecker"]
+__all__ = ["SPFChecker", "pyspf_answers"]
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,22 @@ _installed = False
 
 
 def _lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20.0) -> list[Any]:
-    """pyspf's DNSLookup, answering from the current checker's resolver.
-
-    Returns what pyspf's own dnspython lookup returns: a list of
-    ((name, qtype), data); raises spf.TempError for a timeout or a server
-    failure, so that the check's result is temperror (RFC 7208 section 2.6.6).
-    """
+    """pyspf's DNSLookup, answering from the current checker's resolver."""
     resolver: dns.resolver.Resolver | None = getattr(_current, "resolver", None)
     if resolver is None:
         raise spf.TempError("DNS: no resolver for this thread")
+    return pyspf_answers(resolver, name, qtype, timeout)
+
+
+def pyspf_answers(
+    resolver: dns.resolver.Resolver, name: str, qtype: str, timeout: float
+) -> list[Any]:
+    """``resolver``'s answer in the form pyspf's DNSLookup returns.
+
+    That is what pyspf's own dnspython lookup returns: a list of
+    ((name, qtype), data). Raises spf.TempError for a timeout or a server
+    failure, so that the check's result is temperror (RFC 7208 section 2.6.6).
+    """
     out: list[Any] = []
     try:
         answers = resolver.resolve(name, qtype, lifetime=timeout, search=False)

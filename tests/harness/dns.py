@@ -182,25 +182,10 @@ class DnsServer:
         """
         import spf  # noqa: PLC0415 - pyspf is a test-time import here
 
+        from fwdmilter.spf import pyspf_answers  # noqa: PLC0415
+
         def lookup(name: str, qtype: str, strict: bool = True, timeout: float = 20) -> list[Any]:
-            res = self.resolver(lifetime=timeout)
-            out: list[Any] = []
-            try:
-                answer = res.resolve(name, qtype, raise_on_no_answer=False)
-            except dns.resolver.NXDOMAIN:
-                return out
-            except (dns.exception.Timeout, dns.resolver.NoNameservers) as e:
-                raise spf.TempError(f"DNS {e}") from e
-            for rdata in answer:
-                if qtype in ("A", "AAAA"):
-                    out.append(((name, qtype), rdata.address))
-                elif qtype == "MX":
-                    out.append(((name, qtype), (rdata.preference, rdata.exchange)))
-                elif qtype == "PTR":
-                    out.append(((name, qtype), rdata.target.to_text(True)))
-                elif qtype in ("TXT", "SPF"):
-                    out.append(((name, qtype), rdata.strings))
-            return out
+            return pyspf_answers(self.resolver(lifetime=timeout), name, qtype, timeout)
 
         saved = spf.DNSLookup
         spf.DNSLookup = lookup

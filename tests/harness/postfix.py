@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.proc import Process, free_port, wait_until
+from tests.harness.proc import Process, free_port, poll, wait_until
 
 __all__ = [
     "FAST_MAIN",
@@ -517,18 +517,13 @@ class PostfixInstance:
         what: str = "the queue reaches the expected state",
     ) -> list[QueueEntry]:
         """Poll ``postqueue -j`` until ``predicate(entries)`` holds; return the entries."""
-        entries: list[QueueEntry] = []
-
-        def check() -> bool:
-            nonlocal entries
-            entries = self.queue()
-            return bool(predicate(entries))
-
-        try:
-            wait_until(check, timeout, what, interval=0.1)
-        except TimeoutError as e:
-            raise TimeoutError(f"{e}\nqueue of {self.name}: {entries}\n{self.explain()}") from None
-        return entries
+        return poll(
+            self.queue,
+            predicate,
+            timeout,
+            what,
+            lambda entries: f"queue of {self.name}: {entries}\n{self.explain()}",
+        )
 
     def flush(self) -> None:
         """``postqueue -f``: retry every deferred message now."""

@@ -10,8 +10,9 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["Process", "free_port", "wait_for_port", "wait_until"]
+__all__ = ["Process", "free_port", "poll", "wait_for_port", "wait_until"]
 
 _handed_out: set[int] = set()
 
@@ -48,6 +49,32 @@ def wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"after {timeout}s: {what}")
         time.sleep(interval)
+
+
+_T = TypeVar("_T")
+
+
+def poll(
+    fetch: Callable[[], _T],
+    predicate: Callable[[_T], object],
+    timeout: float,
+    what: str,
+    explain: Callable[[_T], str],
+) -> _T:
+    """Call ``fetch`` until ``predicate`` holds for what it returns; return
+    that. On timeout the error adds ``explain(last result)``."""
+    last: list[_T] = []
+
+    def check() -> bool:
+        last[:] = [fetch()]
+        return bool(predicate(last[0]))
+
+    try:
+        wait_until(check, timeout, what, interval=0.1)
+    except TimeoutError as e:
+        seen = explain(last[0]) if last else "nothing fetched"
+        raise TimeoutError(f"{e}\n{seen}") from None
+    return last[0]
 
 
 class Process:

@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from tests.harness.postfix import RuntimeDir
-from tests.harness.proc import Process, free_port, wait_until
+from tests.harness.proc import Process, free_port, poll, wait_until
 
 __all__ = [
     "SENDMAIL_ROOT",
@@ -514,18 +514,13 @@ exec "$@"
         what: str = "the queue reaches the expected state",
     ) -> dict[str, str]:
         """Poll the queue folder until ``predicate(queue_files())`` holds."""
-        files: dict[str, str] = {}
-
-        def check() -> bool:
-            nonlocal files
-            files = self.queue_files()
-            return bool(predicate(files))
-
-        try:
-            wait_until(check, timeout, what, interval=0.1)
-        except TimeoutError as e:
-            raise TimeoutError(f"{e}\nqueue of {self.name}: {files}\n{self.explain()}") from None
-        return files
+        return poll(
+            self.queue_files,
+            predicate,
+            timeout,
+            what,
+            lambda files: f"queue of {self.name}: {files}\n{self.explain()}",
+        )
 
     def mailq(self, quarantined: bool = False) -> str:
         """``mailq`` (``sendmail -bp``), or ``mailq -qQ`` for quarantined mail."""

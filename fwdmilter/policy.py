@@ -31,7 +31,7 @@ from typing import Final, Literal
 from fwdmilter import addr, replies
 from fwdmilter.dsn import DSN
 from fwdmilter.replies import Reply
-from fwdmilter.store.base import Forward, HeldEntry, MessageRecord, RcptInfo
+from fwdmilter.states import Forward, HeldEntry, MessageRecord, RcptInfo
 from srs import (
     SRS,
     AddressError,

@@ -57,7 +57,17 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final
+
+from fwdmilter.states import (
+    EntryState,
+    Forward,
+    HeldEntry,
+    MessageRecord,
+    NullSenderPolicy,
+    RcptInfo,
+    RecordState,
+)
 
 __all__ = [
     "Forward",
@@ -76,99 +86,9 @@ __all__ = [
 #: and migrates older data forward when it opens.
 SCHEMA_VERSION: Final = 1
 
-MessageState = Literal["B", "U", "R", "H", "done"]
-#: H: a held bounce; R: requeued, not yet delivered; N: null-sender mail held
-#: by the recipient's policy (listed and expired like H, but not counted: it
-#: does not mean the target is failing).
-HeldState = Literal["H", "R", "N"]
-NullSenderPolicy = Literal["forward", "hold"]
-
-
-@dataclass(frozen=True, slots=True)
-class Forward:
-    """One entry of the forwarding table.
-
-    An entry with ``moved_to`` set is a deleted recipient: mail for it is
-    refused with 551 and the new address (RFC 5321 section 3.4). Its
-    ``target`` is then empty.
-    """
-
-    rcpt: str
-    target: str
-    contact: str = ""
-    null_sender: NullSenderPolicy = "forward"
-    moved_to: str = ""
-    created: float = 0.0
-    updated: float = 0.0
-
-    @property
-    def active(self) -> bool:
-        """True if mail for ``rcpt`` is forwarded (not a moved recipient)."""
-        return bool(self.target) and not self.moved_to
-
-
-@dataclass(frozen=True, slots=True)
-class RcptInfo:
-    """What the milter needs at RCPT for one recipient.
-
-    ``held`` is the number of H and R entries of the forward's target (0 when
-    there is no active forward).
-    """
-
-    forward: Forward | None
-    held: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class MessageRecord:
-    """One forwarded message to one target, as the milter recorded it.
-
-    ``srs`` is the (lower-cased) SRS address the message went out with;
-    ``record_id`` is unique among the records of that address, and
-    ``msg_id`` is the id in the message's trace header (shared by the records
-    of one message with several targets). ``held_id`` links a requeued (R)
-    message to the held entry it came from.
-    """
-
-    srs: str
-    record_id: str
-    msg_id: str
-    state: MessageState
-    sender: str
-    rcpt: str
-    target: str
-    created: float
-    instance: str
-    queue_id: str = ""
-    held_id: str = ""
-    #: Unix time the record expires; set by the store when it reads a record.
-    expires: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class HeldEntry:
-    """A bounce held in the MTA's queue instead of reaching an unverified sender.
-
-    ``entry_id`` is unique per target ("HOST/QUEUEID" of the held bounce).
-    ``queue_id`` and ``host`` say where the held bounce is; after a requeue
-    (state R) they keep naming the bounce until the requeued message fails
-    again, when they name the new held bounce.
-    """
-
-    target: str
-    entry_id: str
-    state: HeldState
-    sender: str
-    rcpt: str
-    queue_id: str
-    host: str
-    reason: str
-    held_at: float
-    srs: str = ""
-    msg_id: str = ""
-    contact: str = ""
-    requeued_at: float = 0.0
-    alerted: bool = False
+#: The names the store used before the types moved to :mod:`fwdmilter.states`.
+MessageState = RecordState
+HeldState = EntryState
 
 
 @dataclass(frozen=True, slots=True)

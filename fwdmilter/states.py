@@ -1,0 +1,159 @@
+"""The held-mail state machine's data: records, entries and their states.
+
+Pure: no store, no libmilter, no socket, no clock. Both the policy
+(:mod:`fwdmilter.policy`) and the store (:mod:`fwdmilter.store`) import the
+types defined here; the transitions between the states are the functions of
+:mod:`fwdmilter.machine`.
+
+Two kinds of state, with distinct names
+---------------------------------------
+A **record state** (:data:`RecordState`) belongs to a *message record*: one
+forwarded message to one target, kept under the SRS address it went out
+with, so that a bounce coming back can be told apart::
+
+    B      bouncable: non-null sender, verified (SPF pass, SMTP AUTH)
+    U      unbouncable: every other forwarded message
+    H      its bounce is held (an entry of the same target names it)
+    R      sent again by the admin (fwdctl held requeue), not yet delivered
+    done   the requeued message was delivered
+
+An **entry state** (:data:`EntryState`) belongs to a *held entry*: one
+message kept in the MTA's hold queue, per target::
+
+    H      a held failure bounce of a U (or R) message; counted: while a
+           target has H or R entries, U mail for it is deferred (4xx)
+    R      requeued: the original is on its way again; counted
+    N      null-sender mail kept by the recipient's policy, or mail to an
+           SRS address that could not be classified; not counted (it does
+           not mean the target is failing)
+
+Addresses
+---------
+Every address these types carry in a key position (``rcpt``, ``target``,
+``srs``) is in the one normal form of :func:`fwdmilter.addr.key`; the store
+applies it on every write and lookup, so that a forward typed in capitals
+and the held entries of its target agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+__all__ = [
+    "RecordState",
+    "EntryState",
+    "NullSenderPolicy",
+    "RECORD_STATES",
+    "ENTRY_STATES",
+    "COUNTED_ENTRY_STATES",
+    "Forward",
+    "RcptInfo",
+    "MessageRecord",
+    "HeldEntry",
+]
+
+RecordState = Literal["B", "U", "R", "H", "done"]
+EntryState = Literal["H", "R", "N"]
+NullSenderPolicy = Literal["forward", "hold"]
+
+RECORD_STATES: Final[frozenset[str]] = frozenset({"B", "U", "R", "H", "done"})
+ENTRY_STATES: Final[frozenset[str]] = frozenset({"H", "R", "N"})
+#: The entry states that defer U mail for their target.
+COUNTED_ENTRY_STATES: Final[frozenset[str]] = frozenset({"H", "R"})
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """One entry of the forwarding table.
+
+    An entry with ``moved_to`` set is a deleted recipient: mail for it is
+    refused with 551 and the new address (RFC 5321 section 3.4). Its
+    ``target`` is then empty.
+    """
+
+    rcpt: str
+    target: str
+    contact: str = ""
+    null_sender: NullSenderPolicy = "forward"
+    moved_to: str = ""
+    created: float = 0.0
+    updated: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        """True if mail for ``rcpt`` is forwarded (not a moved recipient)."""
+        return bool(self.target) and not self.moved_to
+
+
+@dataclass(frozen=True, slots=True)
+class RcptInfo:
+    """What the milter needs at RCPT for one recipient.
+
+    ``held`` is the number of H and R entries of the forward's target (0 when
+    there is no active forward).
+    """
+
+    forward: Forward | None
+    held: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One forwarded message to one target, as the milter recorded it.
+
+    ``srs`` is the SRS address the message went out with; ``record_id`` is
+    unique among the records of that address, and ``msg_id`` is the id in
+    the message's trace header (shared by the records of one message with
+    several targets). ``held_id`` links a requeued (R) message to the held
+    entry it came from.
+    """
+
+    srs: str
+    record_id: str
+    msg_id: str
+    state: RecordState
+    sender: str
+    rcpt: str
+    target: str
+    created: float
+    instance: str
+    queue_id: str = ""
+    held_id: str = ""
+    #: Unix time the record expires; set by the store when it reads a record.
+    expires: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeldEntry:
+    """A message kept in the MTA's hold queue, for one target.
+
+    ``entry_id`` is unique per target ("INSTANCE/QUEUEID" of the held
+    message). ``queue_id`` and ``host`` (the milter instance that holds it)
+    say where the held message is; several entries (several targets) may
+    name one queue file, which is deleted only when the last of them ends.
+    After a requeue (state R) they keep naming the held bounce until the
+    requeued message fails again, when they name the new held bounce;
+    ``requeue_id`` is the queue id the requeued message got on the MTA,
+    which tells when the MTA has delivered it.
+
+    ``alerted_to`` lists the alert recipients that have been told;
+    ``alerted`` is True once every one of them has been.
+    """
+
+    target: str
+    entry_id: str
+    state: EntryState
+    sender: str
+    rcpt: str
+    queue_id: str
+    host: str
+    reason: str
+    held_at: float
+    srs: str = ""
+    msg_id: str = ""
+    contact: str = ""
+    requeued_at: float = 0.0
+    alerted: bool = False
+    requeue_id: str = ""
+    alerted_to: tuple[str, ...] = ()

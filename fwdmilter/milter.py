@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import Milter
 
-from fwdmilter import addr, dsn, policy, replies, tcp
-from fwdmilter.errors import DSNError, StoreError, StoreUnavailable
+from fwdmilter import addr, classify, dsn, logfmt, machine, policy, replies, tcp
+from fwdmilter.errors import StoreError, StoreUnavailable
 from fwdmilter.replies import Reply
-from fwdmilter.store.base import HeldEntry, MessageRecord, RcptInfo
+from fwdmilter.states import HeldEntry, MessageRecord, RcptInfo
 
 if TYPE_CHECKING:
     from fwdmilter.runtime import Runtime
 
-__all__ = ["FwdMilter", "Hooks", "WANTED_ACTIONS"]
+__all__ = ["FwdMilter", "Hooks", "WANTED_ACTIONS", "REQUIRED_ACTIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,26 @@ WANTED_ACTIONS: Final = (
     | Milter.DELRCPT
     | Milter.QUARANTINE
     | Milter.SETSYMLIST
+)
+
+#: The modifications the milter cannot work without: an MTA that does not
+#: offer them all would take messages the milter could neither rewrite nor
+#: hold (smfi_register flags, as offered at negotiation).
+REQUIRED_ACTIONS: Final = (
+    Milter.ADDHDRS
+    | Milter.CHGHDRS
+    | Milter.CHGFROM
+    | Milter.ADDRCPT
+    | Milter.DELRCPT
+    | Milter.QUARANTINE
+)
+_ACTION_NAMES: Final = (
+    (Milter.ADDHDRS, "ADDHDRS"),
+    (Milter.CHGHDRS, "CHGHDRS"),
+    (Milter.CHGFROM, "CHGFROM"),
+    (Milter.ADDRCPT, "ADDRCPT"),
+    (Milter.DELRCPT, "DELRCPT"),
+    (Milter.QUARANTINE, "QUARANTINE"),
 )
 
 # libmilter's answers, typed (pymilter has no type information).
@@ -206,6 +226,17 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
             # the connection (milter_default_action) at once.
             return REJECT
         offered = opts[0]
+        missing = [name for flag, name in _ACTION_NAMES if not offered & flag]
+        if missing:
+            # Without these the milter could accept mail it can neither
+            # rewrite nor hold: refuse the connection, and the MTA's
+            # milter_default_action decides (tempfail, by default).
+            log.error(
+                "negotiate: refused reason=%s missing=%s",
+                logfmt.value("the MTA does not offer the actions the milter needs"),
+                ",".join(missing),
+            )
+            return REJECT
         rc: int = super().negotiate(opts)
         if rc != CONTINUE:
             return rc
@@ -300,6 +331,8 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
             decision = policy.decide_rcpt_forwarding(rt.settings, to, info, mail, params)
         else:
             decision = policy.RcptDecision(to, "pass", params=tuple(params))
+        if decision.reply is None:
+            decision = policy.decide_rcpt_split(self._rcpts, decision)
         if decision.reply is not None:
             self._refused.append(bare)
             action = "reject" if decision.reply.permanent else "tempfail"
@@ -308,7 +341,7 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
             return self._reply(decision.reply)
         self._rcpts.append(decision)
         if decision.action == "reverse":
-            self._collect = True  # the bounce's DSN is read at end of message
+            self._collect = True  # the mail is classified at end of message
         return CONTINUE
 
     def _rcpt_info(self, bare: str) -> RcptInfo:
@@ -370,18 +403,14 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         self._queue_id = self._macro("i") or self._queue_id
         now = time.time()
         records: dict[str, list[MessageRecord]] = {}
-        parsed: dsn.DSN | None = None
-        dsn_error = ""
+        bounce: classify.Classification | None = None
         if any(r.action == "reverse" for r in self._rcpts):
             for r in self._rcpts:
                 if r.action == "reverse":
                     key = addr.key(r.rcpt)
                     records[key] = self.rt.store.messages(key)
             raw = b"".join(self._headers) + b"\r\n" + b"".join(self._body)
-            try:
-                parsed = dsn.parse(raw)
-            except DSNError as exc:
-                dsn_error = str(exc)
+            bounce = classify.classify(raw, null_sender=mail.sender == "")
         tx = policy.Transaction(
             mail=mail,
             rcpts=tuple(self._rcpts),
@@ -391,13 +420,22 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
             trace_values=tuple(self._trace),
             own_auth_results=tuple(self._own_ar),
             records=records,
-            dsn=parsed,
-            dsn_error=dsn_error,
+            bounce=bounce,
             sender_permits_us=self._sender_permits_us(mail),
         )
         decision = policy.decide_eom(rt.settings, tx)
-        self._write_store(decision, now)
-        return self._apply(decision)
+        alerts = self._write_store(decision, now)
+        try:
+            rc = self._apply(decision)
+        except Exception:
+            # The MTA did not take a change (a lost connection, an action
+            # it refused): no entry may stay for a message it did not hold.
+            self._undo_holds(decision)
+            raise
+        if self._server is not None:
+            for entry in alerts:  # only now: end of message went through
+                self._server.alert(entry)
+        return rc
 
     def _sender_permits_us(self, mail: policy.MailDecision) -> bool:
         s = self.rt.settings
@@ -409,50 +447,100 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         ips = self.rt.cfg.srs.outbound_ips
         return bool(ips) and all(self.rt.spf.permits(ip, domain) for ip in ips)
 
-    def _write_store(self, d: policy.EomDecision, now: float) -> None:
+    def _write_store(self, d: policy.EomDecision, now: float) -> list[HeldEntry]:
         """Store writes come before any change to the message: if they fail,
         the MTA gets 451 and keeps the message, and the client (or Postfix's
-        bounce daemon) tries again. Held entries are written last, so that a
-        failure never leaves an entry for a bounce that was not held."""
+        bounce daemon) tries again. The effects come in machine.EFFECT_ORDER:
+        held entries last, so that a failure never leaves an entry for a
+        bounce that was not held. Returns the entries to alert about."""
         rt = self.rt
         store = rt.store
+        queue_id = self._queue_id or "NOQUEUE"
+        alerts: list[HeldEntry] = []
         started = time.monotonic()
         try:
-            for target, entry_id in d.releases:
-                if store.release(target, entry_id):
-                    rt.metrics.held("released")
-            for srs_key, record_id, state in d.state_changes:
-                store.set_message_state(srs_key, record_id, state)  # type: ignore[arg-type]
-            if d.records:
-                try:
-                    store.record_messages(d.records, rt.cfg.srs.max_age_days * 86400)
-                except StoreUnavailable:
-                    if rt.cfg.store.on_error != "accept":
-                        raise
-                    # Forwarding without a record loses nothing: a bounce
-                    # that finds no record is held, never sent.
-                    log.warning("queue_id=%s store=unavailable records=skipped", self._queue_id)
-            for target, entry_id, reason in d.reholds:
-                if store.rehold(
-                    target, entry_id, self._queue_id, rt.settings.instance, reason, now
-                ):
-                    rt.metrics.held("held")
-                    held = store.get_held(target, entry_id)
-                    if held is not None and self._server is not None:
-                        self._server.alert(held)
-            for entry in d.holds:
-                if store.hold(entry) and entry.state == "H":
-                    rt.metrics.held("held")
-                    if self._server is not None:
-                        self._server.alert(entry)
+            for effect in machine.ordered(d.effects):
+                if isinstance(effect, machine.Release):
+                    if store.release(effect.target, effect.entry_id):
+                        rt.metrics.held("released")
+                        self._log_entry("released", effect.target, effect.entry_id)
+                elif isinstance(effect, machine.SetRecordState):
+                    store.set_message_state(effect.srs, effect.record_id, effect.state)
+                elif isinstance(effect, machine.WriteRecords):
+                    self._write_records(effect.records)
+                elif isinstance(effect, machine.Rehold):
+                    if store.rehold(
+                        effect.target,
+                        effect.entry_id,
+                        queue_id,
+                        rt.settings.instance,
+                        effect.reason,
+                        now,
+                    ):
+                        rt.metrics.held("held")
+                        self._log_entry("reheld", effect.target, effect.entry_id, effect.reason)
+                        held = store.get_held(effect.target, effect.entry_id)
+                        if held is not None:
+                            alerts.append(held)
+                elif store.hold(effect.entry):
+                    entry = effect.entry
+                    self._log_entry(
+                        "held" if entry.state == "H" else "kept",
+                        entry.target,
+                        entry.entry_id,
+                        entry.reason,
+                    )
+                    if entry.state == "H":
+                        rt.metrics.held("held")
+                        if entry.target != machine.UNKNOWN_TARGET or rt.cfg.held.alert_to:
+                            alerts.append(entry)
         finally:
             rt.metrics.store_latency("eom", time.monotonic() - started)
+        return alerts
+
+    def _write_records(self, records: tuple[MessageRecord, ...]) -> None:
+        rt = self.rt
+        # A record outlives its SRS address's validity (the day stamp is good
+        # through max_age_days, and clocks differ): a bounce that the SRS
+        # check still lets in always finds its record.
+        ttl = (rt.cfg.srs.max_age_days + 2) * 86400
+        try:
+            rt.store.record_messages(records, ttl)
+        except StoreUnavailable:
+            if rt.cfg.store.on_error != "accept":
+                raise
+            # Forwarding without a record loses nothing: a bounce that
+            # finds no record is held, never sent.
+            log.warning(
+                "queue_id=%s store=unavailable records=skipped", self._queue_id or "NOQUEUE"
+            )
+
+    def _undo_holds(self, d: policy.EomDecision) -> None:
+        for entry in d.holds:
+            try:
+                if self.rt.store.drop(entry.target, entry.entry_id):
+                    self._log_entry("dropped", entry.target, entry.entry_id, "not held by the MTA")
+            except StoreError:
+                log.exception(
+                    "queue_id=%s entry=undo-failed target=%s",
+                    self._queue_id or "NOQUEUE",
+                    logfmt.value(entry.target),
+                )
+
+    def _log_entry(self, what: str, target: str, entry_id: str, reason: str = "") -> None:
+        items = [("entry", what), ("target", target), ("id", entry_id)]
+        if reason:
+            items.append(("reason", reason))
+        log.info("queue_id=%s %s", self._queue_id or "NOQUEUE", logfmt.pairs(items))
 
     def _apply(self, d: policy.EomDecision) -> int:
         rt = self.rt
+        extra = dict(d.log)
         if d.reply is not None:
             action = "reject" if d.reply.permanent else "tempfail"
-            self._log_decision("eom", d.log.get("action", action), reply=d.reply, extra=d.log)
+            self._log_decision(
+                "eom", d.action if "action" in extra else action, reply=d.reply, extra=extra
+            )
             rt.metrics.decision("eom", action)
             return self._reply(d.reply)
         for name, index in d.del_headers:
@@ -461,11 +549,11 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
             self.addheader(name, value, 0)
         if d.quarantine:
             self.quarantine(d.quarantine)
-            self._log_decision("eom", d.log.get("action", "hold"), extra=d.log)
+            self._log_decision("eom", d.action, extra=extra)
             rt.metrics.decision("eom", "hold")
             return CONTINUE
         if d.discard:
-            self._log_decision("eom", "discard", extra=d.log)
+            self._log_decision("eom", "discard", extra=extra)
             rt.metrics.decision("eom", "discard")
             return DISCARD
         if d.chgfrom is not None:
@@ -479,9 +567,8 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
                 self.addrcpt(rcpt, " ".join(params))
             else:
                 self.addrcpt(rcpt)
-        action = d.log.get("action", "accept")
-        self._log_decision("eom", action, extra=d.log, targets=[r for r, _ in d.addrcpt])
-        rt.metrics.decision("eom", action)
+        self._log_decision("eom", d.action, extra=extra, targets=[r for r, _ in d.addrcpt])
+        rt.metrics.decision("eom", d.action)
         return CONTINUE
 
     def abort(self) -> int:
@@ -508,28 +595,25 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         targets: list[str] | None = None,
     ) -> None:
         mail = self._mail
-        parts = [
-            f"queue_id={self._queue_id or 'NOQUEUE'}",
-            f"client={self._client()}",
-            f"helo=<{self._helo}>",
-            f"sender=<{mail.sender if mail else ''}>",
+        items = [
+            ("client", self._client()),
+            ("helo", f"<{self._helo}>"),
+            ("sender", f"<{mail.sender if mail else ''}>"),
         ]
         if rcpt:
-            parts.append(f"rcpt=<{rcpt}>")
+            items.append(("rcpt", f"<{rcpt}>"))
         elif self._rcpts:
-            parts.append(
-                "rcpts=" + ",".join(f"<{addr.strip_brackets(r.rcpt)}>" for r in self._rcpts)
+            items.append(
+                ("rcpts", ",".join(f"<{addr.strip_brackets(r.rcpt)}>" for r in self._rcpts))
             )
         if targets:
-            parts.append("to=" + ",".join(targets))
+            items.append(("to", ",".join(targets)))
         if mail is not None:
-            parts.append(f"spf={mail.spf.result if mail.spf else 'skipped'}")
-            parts.append(f"state={mail.state}")
-        parts.append(f"stage={stage}")
-        parts.append(f"action={action}")
-        for key, value in (extra or {}).items():
-            if key not in ("action", "state"):
-                parts.append(f'{key}="{value}"' if " " in value else f"{key}={value}")
+            items.append(("spf", mail.spf.result if mail.spf else "skipped"))
+            items.append(("state", mail.state))
+        items += [("stage", stage), ("action", action)]
+        items += [(k, v) for k, v in (extra or {}).items() if k not in ("action", "state")]
         if reply is not None:
-            parts.append(f'reply="{reply}"')
+            items.append(("reply", str(reply)))
+        parts = [f"queue_id={self._queue_id or 'NOQUEUE'}", logfmt.pairs(items)]
         log.info("%s", " ".join(parts))

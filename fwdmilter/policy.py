@@ -9,14 +9,17 @@ what they return. A transaction runs through four steps::
                      the message will have (B or U) and its SRS sender
     classify_rcpt    RCPT TO: which lookups the recipient needs
     decide_rcpt_*    RCPT TO: the lookup's result -> reply or continue
-    decide_eom       end of message: the envelope and header changes, the
-                     records to write, what to hold
+    decide_rcpt_split  RCPT TO: a recipient whose copy needs another outcome
+                     than the accepted ones -> 452 4.5.3 (a new transaction)
+    decide_eom       end of message: the envelope and header changes, and
+                     the store effects (records, held entries) as values
 
 Message states (see docs/states.md): a message is B (bouncable) when its
 MAIL FROM is non-null and verified (SPF pass, or an authenticated client),
-U otherwise. A bounce for a B message goes to its sender; a bounce for a U
-or R message, or for one we have no record of, is held, never sent to the
-unverified sender.
+U otherwise. What mail to an SRS address does is the state machine's
+(:mod:`fwdmilter.machine`): a failure of a B message goes to its sender, a
+failure of a U or R message, or of one we have no record of, is held, never
+sent to the unverified sender; what is not a failure holds nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from enum import Enum
 from typing import Final, Literal
 
 from fwdmilter import addr, replies
-from fwdmilter.dsn import DSN
+from fwdmilter.classify import Classification, Kind
+from fwdmilter.machine import Effect, Hold, WriteRecords, decide_bounce, hold_null_sender
 from fwdmilter.replies import Reply
 from fwdmilter.states import Forward, HeldEntry, MessageRecord, RcptInfo
 from srs import (
@@ -59,6 +63,9 @@ __all__ = [
     "classify_rcpt",
     "decide_rcpt_srs",
     "decide_rcpt_forwarding",
+    "RcptGroup",
+    "rcpt_group",
+    "decide_rcpt_split",
     "decide_eom",
     "trace_ids",
     "count_trace",
@@ -94,6 +101,8 @@ class Settings:
     rewrite: Literal["always", "when-needed"] = "always"
     max_age_days: int = 21
     instance: str = ""
+    #: The most held entries (targets) one bounce may create.
+    max_entries_per_bounce: int = 10
 
     @property
     def srs_domain(self) -> str:
@@ -296,6 +305,40 @@ def decide_rcpt_forwarding(
     return RcptDecision(rcpt, "forward", forward=fwd, params=tuple(params))
 
 
+# -- RCPT TO: one outcome per transaction ------------------------------------------
+
+RcptGroup = Literal["bounce", "kept", "relayed"]
+
+
+def rcpt_group(decision: RcptDecision) -> RcptGroup:
+    """Which end-of-message outcome a recipient's copy needs: "bounce" (mail
+    to an SRS address: delivered, discarded, refused or held as a whole),
+    "kept" (null-sender mail the recipient's policy keeps in the hold
+    queue), "relayed" (forwarded, or passed untouched)."""
+    if decision.action == "reverse":
+        return "bounce"
+    if decision.action == "hold":
+        return "kept"
+    return "relayed"
+
+
+def decide_rcpt_split(accepted: Sequence[RcptDecision], decision: RcptDecision) -> RcptDecision:
+    """Never let one recipient's outcome take another's copy: the message is
+    quarantined, discarded or refused as a whole, so a transaction carries
+    recipients of one group only, and a bounce to an SRS address travels
+    alone. A recipient that does not fit is answered 452 4.5.3: RFC 5321
+    section 3.5.3 has the client deliver the accepted recipients and send
+    this one in a new transaction."""
+    if not accepted:
+        return decision
+    group = rcpt_group(decision)
+    if group == "bounce" or group != rcpt_group(accepted[0]):
+        return RcptDecision(
+            decision.rcpt, "refuse", replies.SPLIT_TRANSACTION, forward=decision.forward
+        )
+    return decision
+
+
 # -- end of message ------------------------------------------------------------
 
 
@@ -318,12 +361,7 @@ def trace_ids(s: Settings, values: Iterable[str]) -> list[str]:
 
 def count_trace(s: Settings, values: Iterable[str]) -> int:
     """How many trace headers name this forwarder (for loop detection)."""
-    count = 0
-    for value in values:
-        m = _TRACE_RE.match(value)
-        if m and m.group(1).lower() == s.srs_domain:
-            count += 1
-    return count
+    return len(trace_ids(s, values))
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,35 +375,46 @@ class Transaction:
     now: float
     trace_values: tuple[str, ...] = ()  # our trace headers found in the message
     own_auth_results: tuple[int, ...] = ()  # 1-based indexes of A-R headers claiming our id
-    #: For each SRS recipient's lower-cased bare address: its message records.
+    #: For each SRS recipient's address in normal form: its message records.
     records: Mapping[str, Sequence[MessageRecord]] = field(default_factory=dict)
-    dsn: DSN | None = None
-    dsn_error: str = ""  # why the message is not a DSN, if it was tried
+    #: What the mail to the SRS recipient is (fwdmilter.classify), if it has one.
+    bounce: Classification | None = None
     #: "when-needed" rewriting: the sender's SPF already permits us.
     sender_permits_us: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class EomDecision:
-    """What end of message decided; the shell applies it in this order:
-    store writes, then header and envelope changes, then the reply."""
+    """What end of message decided. The shell applies it in this order:
+    the store effects (in machine.EFFECT_ORDER), then header and envelope
+    changes and the quarantine, then the reply; alerts go out last, once
+    all of that succeeded."""
 
     reply: Reply | None = None
     discard: bool = False
     quarantine: str = ""
     chgfrom: str | None = None
-    delrcpt: list[str] = field(default_factory=list)
-    addrcpt: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    delrcpt: tuple[str, ...] = ()
+    addrcpt: tuple[tuple[str, tuple[str, ...]], ...] = ()
     #: Headers to insert at the top, in the order given.
-    add_headers: list[tuple[str, str]] = field(default_factory=list)
+    add_headers: tuple[tuple[str, str], ...] = ()
     #: (name, 1-based index) of headers to delete.
-    del_headers: list[tuple[str, int]] = field(default_factory=list)
-    records: list[MessageRecord] = field(default_factory=list)
-    holds: list[HeldEntry] = field(default_factory=list)
-    state_changes: list[tuple[str, str, str]] = field(default_factory=list)  # srs, record_id, state
-    releases: list[tuple[str, str]] = field(default_factory=list)  # target, entry_id
-    reholds: list[tuple[str, str, str]] = field(default_factory=list)  # target, entry_id, reason
-    log: dict[str, str] = field(default_factory=dict)
+    del_headers: tuple[tuple[str, int], ...] = ()
+    effects: tuple[Effect, ...] = ()
+    #: key, value pairs for the decision's log line, in order.
+    log: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def action(self) -> str:
+        return dict(self.log).get("action", "accept")
+
+    @property
+    def holds(self) -> tuple[HeldEntry, ...]:
+        return tuple(e.entry for e in self.effects if isinstance(e, Hold))
+
+    @property
+    def records(self) -> tuple[MessageRecord, ...]:
+        return tuple(r for e in self.effects if isinstance(e, WriteRecords) for r in e.records)
 
 
 def _rcpt_params(decision: RcptDecision) -> tuple[str, ...]:
@@ -387,149 +436,146 @@ def _bracket(address: str) -> str:
 
 
 def decide_eom(s: Settings, tx: Transaction) -> EomDecision:
-    """End of message: rewrite, record, reverse or hold."""
-    d = EomDecision()
-    d.log["state"] = tx.mail.state
+    """End of message: rewrite, record, reverse, discard, refuse or hold."""
+    log: list[tuple[str, str]] = [("state", tx.mail.state)]
     loops = count_trace(s, tx.trace_values)
     if loops > s.loop_limit:
-        d.reply = replies.LOOP
-        d.log["action"] = "reject-loop"
-        d.log["loops"] = str(loops)
-        return d
+        log += [("action", "reject-loop"), ("loops", str(loops))]
+        return EomDecision(reply=replies.LOOP, log=tuple(log))
 
     # RFC 8601 section 5: remove Authentication-Results claiming to be ours.
-    d.del_headers.extend(
-        (AUTH_RESULTS_HEADER, i) for i in sorted(tx.own_auth_results, reverse=True)
-    )
-    d.add_headers.append((AUTH_RESULTS_HEADER, tx.mail.auth_results))
+    del_headers = tuple((AUTH_RESULTS_HEADER, i) for i in sorted(tx.own_auth_results, reverse=True))
+    auth = ((AUTH_RESULTS_HEADER, tx.mail.auth_results),)
 
     forwards = [(r, r.forward) for r in tx.rcpts if r.action == "forward" and r.forward]
     reversals = [(r, r.srs) for r in tx.rcpts if r.action == "reverse" and r.srs]
-    policy_holds = [(r, r.forward) for r in tx.rcpts if r.action == "hold" and r.forward]
-    passed = [r for r in tx.rcpts if r.action == "pass"]
+    kept = [(r, r.forward) for r in tx.rcpts if r.action == "hold" and r.forward]
 
-    if policy_holds:
-        _hold_null_sender(s, tx, d, policy_holds)
-        if d.quarantine:
-            d.log["action"] = "hold-null-sender"
-            return d
+    if kept:
+        effects = hold_null_sender(
+            ((addr.key(r.rcpt), addr.key(f.target), f.contact) for r, f in kept),
+            instance=s.instance,
+            queue_id=tx.queue_id,
+            msg_id=tx.msg_id,
+            now=tx.now,
+        )
+        log.append(("action", "hold-null-sender"))
+        return EomDecision(
+            quarantine="fwdmilter: null-sender mail held by the recipient's policy",
+            add_headers=auth,
+            del_headers=del_headers,
+            effects=effects,
+            log=tuple(log),
+        )
 
-    keep: list[tuple[RcptDecision, SRSAddress]] = []  # reversals that go through
-    drop: list[RcptDecision] = []  # reversals whose bounce is not delivered
     if reversals:
-        _decide_bounces(s, tx, d, reversals, keep, drop)
-        if d.quarantine:
-            d.log["action"] = "hold"
-            return d
+        return _decide_reversal(s, tx, reversals[0], auth, del_headers, log)
 
-    if not forwards and not keep and not passed:
-        # Every recipient was a bounce we do not deliver (a delivery notice
-        # for a requeued message, a delay notice for a U message).
-        d.discard = True
-        d.log["action"] = "discard"
-        return d
-
-    for r in drop:
-        d.delrcpt.append(r.rcpt)
+    delrcpt: list[str] = []
+    addrcpt: list[tuple[str, tuple[str, ...]]] = []
     for r, fwd in forwards:
-        d.delrcpt.append(r.rcpt)
-        d.addrcpt.append((_bracket(fwd.target), _rcpt_params(r)))
-    for r, srs_addr in keep:
-        d.delrcpt.append(r.rcpt)
-        to = _sender_as_sent(srs_addr, tx.records.get(addr.key(r.rcpt), ()))
-        d.addrcpt.append((_bracket(to), _rcpt_params(r)))
+        delrcpt.append(r.rcpt)
+        addrcpt.append((_bracket(fwd.target), _rcpt_params(r)))
+    if not forwards:
+        log.append(("action", "pass"))
+        return EomDecision(add_headers=auth, del_headers=del_headers, log=tuple(log))
 
-    if forwards or keep:
-        d.add_headers.insert(0, (TRACE_HEADER, _trace_value(s, tx.msg_id)))
-        sender = tx.mail.sender
-        if tx.mail.srs_sender and not (s.rewrite == "when-needed" and tx.sender_permits_us):
-            d.chgfrom = _bracket(tx.mail.srs_sender)
-        if forwards and d.chgfrom is not None:
-            srs_key = addr.key(tx.mail.srs_sender or "")
-            for i, (r, fwd) in enumerate(forwards):
-                d.records.append(
+    chgfrom: str | None = None
+    # "when-needed" leaves a verified (B) sender as it is when its SPF
+    # permits us; a U message is always rewritten, so that its bounce comes
+    # back here to be held instead of reaching an unverified sender.
+    skip_srs = s.rewrite == "when-needed" and tx.sender_permits_us and tx.mail.state == "B"
+    if tx.mail.srs_sender and not skip_srs:
+        chgfrom = _bracket(tx.mail.srs_sender)
+    effects_out: tuple[Effect, ...] = ()
+    if chgfrom is not None:
+        srs_key = addr.key(tx.mail.srs_sender or "")
+        effects_out = (
+            WriteRecords(
+                tuple(
                     MessageRecord(
                         srs=srs_key,
                         record_id=f"{tx.msg_id}.{i}",
                         msg_id=tx.msg_id,
                         state=tx.mail.state,
-                        sender=sender,
+                        sender=tx.mail.sender,
                         rcpt=addr.key(r.rcpt),
                         target=addr.key(fwd.target),
                         created=tx.now,
                         instance=s.instance,
                         queue_id=tx.queue_id,
                     )
+                    for i, (r, fwd) in enumerate(forwards)
                 )
-    d.log["action"] = "forward" if forwards else ("reverse" if keep else "pass")
-    if d.chgfrom:
-        d.log["srs"] = d.chgfrom
-    return d
-
-
-def _hold_null_sender(
-    s: Settings, tx: Transaction, d: EomDecision, holds: Sequence[tuple[RcptDecision, Forward]]
-) -> None:
-    """Null-sender mail for recipients whose policy is "hold": keep it here
-    (the loop-proof alternative to forwarding a bounce). Such entries are in
-    state N: listed and expired like held bounces, but they do not mean the
-    target is failing, so they do not defer U mail for it."""
-    for r, fwd in holds:
-        entry = HeldEntry(
-            target=addr.key(fwd.target),
-            entry_id=f"{s.instance}/{tx.queue_id}",
-            state="N",
-            sender="",
-            rcpt=addr.key(r.rcpt),
-            queue_id=tx.queue_id,
-            host=s.instance,
-            reason="null-sender mail held by the recipient's policy",
-            held_at=tx.now,
-            msg_id=tx.msg_id,
-            contact=fwd.contact,
+            ),
         )
-        d.holds.append(entry)
-    d.quarantine = "fwdmilter: null-sender mail held by the recipient's policy"
+        log.append(("srs", chgfrom))
+    log += [("action", "forward"), ("trace", tx.msg_id)]
+    return EomDecision(
+        chgfrom=chgfrom,
+        delrcpt=tuple(delrcpt),
+        addrcpt=tuple(addrcpt),
+        add_headers=((TRACE_HEADER, _trace_value(s, tx.msg_id)), *auth),
+        del_headers=del_headers,
+        effects=effects_out,
+        log=tuple(log),
+    )
 
 
-def _decide_bounces(
+def _decide_reversal(
     s: Settings,
     tx: Transaction,
-    d: EomDecision,
-    reversals: Sequence[tuple[RcptDecision, SRSAddress]],
-    keep: list[tuple[RcptDecision, SRSAddress]],
-    drop: list[RcptDecision],
-) -> None:
-    """Mail to valid SRS addresses: deliver to a verified sender, or hold."""
-    dsn = tx.dsn
-    kind = dsn.kind if dsn is not None else "failure"
-    ids = set(trace_ids(s, dsn.header_values(TRACE_HEADER) if dsn is not None else ()))
-    hold_reasons: list[str] = []
-    for r, srs_addr in reversals:
-        key = addr.key(r.rcpt)
-        records = list(tx.records.get(key, ()))
-        relevant = _relevant_records(records, ids, dsn)
-        if kind in ("success", "delay"):
-            for rec in relevant:
-                if rec.state == "R" and kind == "success":
-                    d.state_changes.append((rec.srs, rec.record_id, "done"))
-                    if rec.held_id:
-                        d.releases.append((rec.target, rec.held_id))
-            if relevant and all(rec.state == "B" for rec in relevant):
-                keep.append((r, srs_addr))
-            else:
-                drop.append(r)
-            continue
-        # A failure, or a bounce that is not a DSN at all.
-        if relevant and all(rec.state == "B" for rec in relevant):
-            keep.append((r, srs_addr))
-            continue
-        reason = _failure_reason(dsn, tx.dsn_error)
-        hold_reasons.append(reason)
-        _hold_bounce(s, tx, d, r, srs_addr, relevant, dsn, reason)
-    if hold_reasons:
-        d.quarantine = "fwdmilter: bounce held, sender not verified: " + hold_reasons[0]
-        d.log["reason"] = hold_reasons[0]
+    reversal: tuple[RcptDecision, SRSAddress],
+    auth: tuple[tuple[str, str], ...],
+    del_headers: tuple[tuple[str, int], ...],
+    log: list[tuple[str, str]],
+) -> EomDecision:
+    """Mail to one valid SRS address (it travels alone: decide_rcpt_split)."""
+    r, srs_addr = reversal
+    key = addr.key(r.rcpt)
+    records = tx.records.get(key, ())
+    bounce = tx.bounce or Classification(Kind.OTHER, "not read")
+    decision = decide_bounce(
+        kind=bounce.kind,
+        reason=bounce.reason,
+        srs=key,
+        original_sender=srs_addr.reversed,
+        records=records,
+        trace_ids=trace_ids(s, bounce.trace_values),
+        instance=s.instance,
+        queue_id=tx.queue_id,
+        now=tx.now,
+        max_entries=s.max_entries_per_bounce,
+    )
+    log += [("kind", bounce.kind.value), ("action", decision.action)]
+    if decision.msg_ids:
+        log.append(("trace", ",".join(decision.msg_ids)))
+    if decision.action != "deliver":
+        log.append(("reason", decision.reason))
+    if decision.capped:
+        log.append(("capped", str(decision.capped)))
+    quarantine = ""
+    if decision.action == "reject":
+        return EomDecision(reply=decision.reply, effects=decision.effects, log=tuple(log))
+    delrcpt: tuple[str, ...] = ()
+    addrcpt: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    if decision.action == "hold":
+        quarantine = "fwdmilter: bounce held, sender not verified: " + decision.reason
+    elif decision.action == "deliver":
+        to = _sender_as_sent(srs_addr, records)
+        delrcpt, addrcpt = (r.rcpt,), ((_bracket(to), _rcpt_params(r)),)
+        # Our trace header on the bounce too: a bounce loop stops at loop_limit.
+        auth = ((TRACE_HEADER, _trace_value(s, tx.msg_id)), *auth)
+    return EomDecision(
+        discard=decision.action == "discard",
+        quarantine=quarantine,
+        delrcpt=delrcpt,
+        addrcpt=addrcpt,
+        add_headers=auth,
+        del_headers=del_headers,
+        effects=decision.effects,
+        log=tuple(log),
+    )
 
 
 def _sender_as_sent(srs_addr: SRSAddress, records: Sequence[MessageRecord]) -> str:
@@ -542,81 +588,3 @@ def _sender_as_sent(srs_addr: SRSAddress, records: Sequence[MessageRecord]) -> s
         if ascii_domain(sender).lower() == srs_addr.reversed.lower():
             return sender
     return srs_addr.reversed
-
-
-def _relevant_records(
-    records: Sequence[MessageRecord], ids: set[str], dsn: DSN | None
-) -> list[MessageRecord]:
-    """The records a bounce is about: by trace id, else by the DSN's
-    recipients, else all of the SRS address's."""
-    if ids:
-        by_id = [r for r in records if r.msg_id in ids]
-        if by_id:
-            records = by_id
-    if dsn is not None:
-        named = {a.lower() for a in dsn.recipient_addresses()}
-        by_rcpt = [r for r in records if r.target in named or r.rcpt in named]
-        if by_rcpt:
-            return by_rcpt
-    return list(records)
-
-
-def _failure_reason(dsn: DSN | None, error: str) -> str:
-    if dsn is None:
-        return f"not a delivery status notification ({error})" if error else "bounce"
-    failed = dsn.failed() or dsn.recipients
-    if not failed:
-        return "delivery failed"
-    first = failed[0]
-    status = first.status or "5.0.0"
-    diagnostic = " ".join(first.diagnostic.split())
-    # A diagnostic usually quotes the reply, status included: say it once.
-    text = diagnostic if status in diagnostic else f"{status} {diagnostic}".strip()
-    return text[:300]
-
-
-def _hold_bounce(
-    s: Settings,
-    tx: Transaction,
-    d: EomDecision,
-    r: RcptDecision,
-    srs_addr: SRSAddress,
-    relevant: Sequence[MessageRecord],
-    dsn: DSN | None,
-    reason: str,
-) -> None:
-    entry_id = f"{s.instance}/{tx.queue_id}"
-    requeued = [rec for rec in relevant if rec.state == "R" and rec.held_id]
-    for rec in requeued:
-        d.reholds.append((rec.target, rec.held_id, reason))
-        d.state_changes.append((rec.srs, rec.record_id, "H"))
-    fresh = [rec for rec in relevant if rec.state != "R"]
-    if requeued and not fresh:
-        return
-    targets: dict[str, MessageRecord | None] = {}
-    for rec in fresh:
-        targets.setdefault(rec.target, rec)
-    if not targets:
-        # No record left: the DSN says whom it is about, or nobody knows.
-        named = dsn.failed() if dsn is not None else ()
-        for status in named or ():
-            targets.setdefault(addr.key(status.final_recipient or status.original_recipient), None)
-        if not targets:
-            targets["unknown"] = None
-    for target, held_rec in targets.items():
-        entry = HeldEntry(
-            target=target or "unknown",
-            entry_id=entry_id,
-            state="H",
-            sender=srs_addr.reversed,
-            rcpt=held_rec.rcpt if held_rec else "",
-            queue_id=tx.queue_id,
-            host=s.instance,
-            reason=reason,
-            held_at=tx.now,
-            srs=addr.key(r.rcpt),
-            msg_id=held_rec.msg_id if held_rec else "",
-        )
-        d.holds.append(entry)
-        if held_rec is not None:
-            d.state_changes.append((held_rec.srs, held_rec.record_id, "H"))

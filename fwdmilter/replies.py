@@ -94,8 +94,20 @@ TARGET_HELD = temporary(
     "unverified senders are deferred, try again later",
 )
 
+SPLIT_TRANSACTION = temporary(
+    452,
+    "4.5.3",
+    "Too many recipients for one transaction: send this recipient in a new transaction",
+)
+
 # -- end of message -------------------------------------------------------------
 
+SRS_REPLY_REFUSED = permanent(
+    550,
+    "5.7.1",
+    "This bounce address relays delivery failures only; the original sender was not"
+    " verified, so other mail to it is refused",
+)
 LOOP = permanent(554, "5.4.6", "Mail loop detected: this message was forwarded here too often")
 
 # -- any stage: our own trouble ----------------------------------------------------

@@ -329,6 +329,19 @@ REPLY_MEANINGS: Final[dict[str, str]] = {
         " held mail and it was delivered, the mail goes through. Verified (B) mail is"
         " not deferred."
     ),
+    "SPLIT_TRANSACTION": (
+        "RCPT, a recipient whose mail needs another outcome than the recipients already"
+        " accepted in this transaction (a bounce to an SRS address travels alone; null-sender"
+        " mail kept by a recipient's policy goes with other such recipients only). RFC 5321"
+        " section 3.5.3: the client delivers the accepted recipients and sends this one in a"
+        " new transaction; nothing is lost, nothing waits."
+    ),
+    "SRS_REPLY_REFUSED": (
+        "End of message, mail to an SRS address that is neither a delivery report nor an"
+        " automatic reply (a person's reply, or mail the milter cannot read), when the"
+        " forwarded message's sender was not verified (U): it cannot go to that sender, and"
+        " the refusal tells the writer so. A reply to a verified (B) message is delivered."
+    ),
     "LOOP": (
         "End of message: the message carries more of this forwarder's trace headers"
         " than `milter.loop_limit`: it has been forwarded here in a circle."

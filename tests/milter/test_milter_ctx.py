@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import email
+import email.policy
 import io
 import time
 from collections.abc import Iterator
@@ -171,8 +172,38 @@ def connect(
 
 
 def feed(ctx: Ctx, sender: str, *rcpts: str, message: bytes = MESSAGE) -> int:
-    rc: int = ctx._feedFile(io.BytesIO(message), sender, *rcpts)
-    return rc
+    """One transaction in libmilter's order, the body as the MTA sends it.
+
+    (TestCtx._feedFile re-serialises the body through the email package,
+    which rewrites a message/delivery-status part into something no MTA
+    sends; the headers are fed as it does, the body byte for byte.)
+    """
+    head, _, body = message.replace(b"\r\n", b"\n").partition(b"\n\n")
+    parsed = email.message_from_bytes(head + b"\n\n", policy=email.policy.compat32)
+    ctx._body = None
+    ctx._bodyreplaced = False
+    ctx._headerschanged = False
+    ctx._reply = None
+    ctx._msg = parsed  # TestCtx records header changes here
+    rc: int = ctx._envfrom(f"<{sender}>")
+    if rc != Milter.CONTINUE:
+        return rc
+    for rcpt in rcpts:
+        rc = ctx._envrcpt(f"<{rcpt}>")
+        if rc != Milter.CONTINUE:
+            return rc
+    for name, value in list(parsed.items()):
+        rc = ctx._header(name, value)
+        if rc != Milter.CONTINUE:
+            return rc
+    rc = ctx._eoh()
+    if rc != Milter.CONTINUE:
+        return rc
+    rc = ctx._feed_body(io.BytesIO(body.replace(b"\n", b"\r\n")))
+    if rc != Milter.CONTINUE:
+        return rc
+    eom: int = ctx._eom()
+    return eom
 
 
 def reply(ctx: Ctx) -> tuple[Any, ...]:

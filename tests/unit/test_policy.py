@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fwdmilter import dsn, policy, replies
+from fwdmilter import classify, machine, policy, replies
 from fwdmilter.policy import RcptDecision, SPFOutcome
-from fwdmilter.store.base import Forward, MessageRecord, RcptInfo
+from fwdmilter.states import Forward, MessageRecord, RcptInfo
 from srs import SRS
 
 NOW = 20780 * 86400 + 43200
@@ -228,10 +228,10 @@ def test_forwarded_message_is_rewritten_and_recorded() -> None:
     )
     assert d.reply is None and not d.quarantine and not d.discard
     assert d.chgfrom == f"<{m.srs_sender}>"
-    assert d.delrcpt == ["<bob@fwd.example>"]
-    assert d.addrcpt == [
-        ("<bob@inner.example>", ("NOTIFY=FAILURE", "ORCPT=rfc822;bob@fwd.example"))
-    ]
+    assert d.delrcpt == ("<bob@fwd.example>",)
+    assert d.addrcpt == (
+        ("<bob@inner.example>", ("NOTIFY=FAILURE", "ORCPT=rfc822;bob@fwd.example")),
+    )
     assert d.add_headers[0] == (policy.TRACE_HEADER, "fwd.example; id=m1; by=mx.fwd.example")
     assert d.add_headers[1] == (policy.AUTH_RESULTS_HEADER, m.auth_results)
     (rec,) = d.records
@@ -259,19 +259,19 @@ def test_null_sender_mail_is_forwarded_without_rewriting_or_record() -> None:
         S, "", "mx.example.org", spf("pass", "mx.example.org", "helo"), now=NOW
     )
     d = policy.decide_eom(S, tx(bounce, forward_rcpt()))
-    assert d.chgfrom is None and d.records == []
+    assert d.chgfrom is None and d.records == ()
     assert d.addrcpt[0][0] == "<bob@inner.example>"
 
 
 def test_mail_only_for_others_gets_authentication_results_only() -> None:
     d = policy.decide_eom(S, tx(mail(), RcptDecision("<x@other.example>", "pass")))
-    assert d.chgfrom is None and d.delrcpt == [] and d.records == []
+    assert d.chgfrom is None and d.delrcpt == () and d.records == ()
     assert [h for h, _ in d.add_headers] == [policy.AUTH_RESULTS_HEADER]
 
 
 def test_our_authentication_results_from_outside_are_removed() -> None:
     d = policy.decide_eom(S, tx(mail(), forward_rcpt(), own_auth_results=(1, 3)))
-    assert d.del_headers == [(policy.AUTH_RESULTS_HEADER, 3), (policy.AUTH_RESULTS_HEADER, 1)]
+    assert d.del_headers == ((policy.AUTH_RESULTS_HEADER, 3), (policy.AUTH_RESULTS_HEADER, 1))
     assert policy.authserv_id("MX.fwd.example (c); spf=pass") == "mx.fwd.example"
     assert policy.authserv_id(" other.example 1; none") == "other.example"
 
@@ -322,16 +322,24 @@ def bounce_tx(
         ]
     null = policy.decide_mail(S, "", "inner.example", spf("pass", "inner.example", "helo"), now=NOW)
     rcpt = policy.decide_rcpt_srs(S, f"<{srs_addr}>", srs_addr, [], NOW)
-    report = dsn.parse((BOUNCES / raw_name).read_bytes()) if raw_name else None
-    return tx(null, rcpt, records={key: records}, dsn=report, **kw), srs_addr
+    report = (
+        classify.classify((BOUNCES / raw_name).read_bytes(), null_sender=True) if raw_name else None
+    )
+    return tx(null, rcpt, records={key: records}, bounce=report, **kw), srs_addr
+
+
+def record_states(d: policy.EomDecision) -> list[tuple[str, str, str]]:
+    return [
+        (e.srs, e.record_id, e.state) for e in d.effects if isinstance(e, machine.SetRecordState)
+    ]
 
 
 def test_bounce_for_bouncable_message_goes_to_the_sender() -> None:
     t, srs_addr = bounce_tx("B")
     d = policy.decide_eom(S, t)
-    assert not d.quarantine and d.holds == []
-    assert d.delrcpt == [f"<{srs_addr}>"]
-    assert d.addrcpt == [("<alice@example.org>", ())]
+    assert not d.quarantine and d.holds == ()
+    assert d.delrcpt == (f"<{srs_addr}>",)
+    assert d.addrcpt == (("<alice@example.org>", ()),)
     assert d.chgfrom is None  # a bounce keeps its null sender
 
 
@@ -340,53 +348,56 @@ def test_bounce_for_unbouncable_or_unknown_message_is_held(state: str | None) ->
     t, srs_addr = bounce_tx(state)
     d = policy.decide_eom(S, t)
     assert d.quarantine.startswith("fwdmilter: bounce held")
-    assert d.delrcpt == [] and d.addrcpt == []
+    assert d.delrcpt == () and d.addrcpt == ()
     (entry,) = d.holds
     assert entry.state == "H"
-    assert entry.target == "broken@inner.example"  # from the record, or the DSN
+    assert entry.target == ("broken@inner.example" if state else machine.UNKNOWN_TARGET)
     assert entry.sender == "alice@example.org"
     assert entry.queue_id == "QID1" and entry.entry_id == "mx.fwd.example/QID1"
     assert "5.1.1" in entry.reason and entry.reason.count("5.1.1") == 1
     if state:
-        assert d.state_changes == [(srs_addr.lower(), "abcdefgh23456789.0", "H")]
+        assert record_states(d) == [(srs_addr.lower(), "abcdefgh23456789.0", "H")]
 
 
-def test_non_dsn_bounce_without_record_is_held_for_an_unknown_target() -> None:
-    t, _ = bounce_tx(None, raw_name=None, dsn_error="content type is text/plain")
+def test_legacy_bounce_without_record_is_held_for_an_unknown_target() -> None:
+    t, _ = bounce_tx(None, raw_name="not-a-dsn.eml")
     d = policy.decide_eom(S, t)
     (entry,) = d.holds
-    assert entry.target == "unknown"
-    assert "not a delivery status notification" in entry.reason
+    assert entry.target == machine.UNKNOWN_TARGET
+    assert entry.reason == "bounce in a legacy format (not RFC 3464) for bob@old.example"
 
 
 def test_requeued_message_that_fails_again_is_held_again() -> None:
     t, srs_addr = bounce_tx("R")
     d = policy.decide_eom(S, t)
     assert d.quarantine
-    assert d.holds == []
-    assert [(t, e) for t, e, _ in d.reholds] == [("broken@inner.example", "mx.fwd.example/QOLD")]
-    assert d.reholds[0][2].startswith("550 5.1.1 <broken@inner.example>")
-    assert d.state_changes == [(srs_addr.lower(), "abcdefgh23456789.0", "H")]
+    assert d.holds == ()
+    (rehold,) = [e for e in d.effects if isinstance(e, machine.Rehold)]
+    assert (rehold.target, rehold.entry_id) == ("broken@inner.example", "mx.fwd.example/QOLD")
+    assert rehold.reason.startswith("550 5.1.1 <broken@inner.example>")
+    assert record_states(d) == [(srs_addr.lower(), "abcdefgh23456789.0", "H")]
 
 
 def test_delivery_notice_for_requeued_message_releases_and_is_discarded() -> None:
     t, srs_addr = bounce_tx("R", "relayed.eml")
     d = policy.decide_eom(S, t)
     assert d.discard and not d.quarantine
-    assert d.releases == [("broken@inner.example", "mx.fwd.example/QOLD")]
-    assert d.state_changes == [(srs_addr.lower(), "abcdefgh23456789.0", "done")]
+    assert [e for e in d.effects if isinstance(e, machine.Release)] == [
+        machine.Release("broken@inner.example", "mx.fwd.example/QOLD")
+    ]
+    assert record_states(d) == [(srs_addr.lower(), "abcdefgh23456789.0", "done")]
 
 
 def test_delay_notice_for_unbouncable_message_is_dropped_not_held() -> None:
     t, _ = bounce_tx("U", "delayed.eml")
     d = policy.decide_eom(S, t)
-    assert d.discard and d.holds == [] and not d.quarantine
+    assert d.discard and d.holds == () and not d.quarantine
 
 
 def test_delay_notice_for_bouncable_message_is_delivered() -> None:
     t, _ = bounce_tx("B", "delayed.eml")
     d = policy.decide_eom(S, t)
-    assert d.addrcpt == [("<alice@example.org>", ())]
+    assert d.addrcpt == (("<alice@example.org>", ()),)
 
 
 def test_null_sender_held_by_recipient_policy() -> None:
@@ -429,10 +440,103 @@ def test_bounce_goes_to_the_sender_as_sent_when_the_record_knows_it() -> None:
     )
     null = policy.decide_mail(S, "", "inner.example", spf("pass", "inner.example", "helo"), now=NOW)
     rcpt = policy.decide_rcpt_srs(S, f"<{srs_addr}>", srs_addr, [], NOW)
-    report = dsn.parse((BOUNCES / "postfix-failed.eml").read_bytes())
-    d = policy.decide_eom(S, tx(null, rcpt, records={key: [record]}, dsn=report))
-    assert d.addrcpt == [(f"<{sender}>", ())]
+    report = classify.classify((BOUNCES / "postfix-failed.eml").read_bytes(), null_sender=True)
+    d = policy.decide_eom(S, tx(null, rcpt, records={key: [record]}, bounce=report))
+    assert d.addrcpt == ((f"<{sender}>", ()),)
     # A record of another sender under that address changes nothing.
     other = replace(record, sender="someone@else.example")
-    d = policy.decide_eom(S, tx(null, rcpt, records={key: [other]}, dsn=report))
-    assert d.addrcpt == [("<josé@xn--bcher-kva.example>", ())]
+    d = policy.decide_eom(S, tx(null, rcpt, records={key: [other]}, bounce=report))
+    assert d.addrcpt == (("<josé@xn--bcher-kva.example>", ()),)
+
+
+# -- one outcome per transaction ---------------------------------------------------
+
+
+def srs_rcpt() -> RcptDecision:
+    srs_addr = S.srs.forward("alice@example.org", now=NOW)
+    return policy.decide_rcpt_srs(S, f"<{srs_addr}>", srs_addr, [], NOW)
+
+
+def kept_rcpt() -> RcptDecision:
+    return RcptDecision("<bob@fwd.example>", "hold", forward=replace(BOB, null_sender="hold"))
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (srs_rcpt(), forward_rcpt()),  # the case that lost another recipient's copy
+        (forward_rcpt(), srs_rcpt()),
+        (srs_rcpt(), srs_rcpt()),  # a bounce travels alone
+        (kept_rcpt(), forward_rcpt()),
+        (forward_rcpt(), kept_rcpt()),
+        (RcptDecision("<x@other.example>", "pass"), srs_rcpt()),
+    ],
+)
+def test_a_recipient_needing_another_outcome_gets_452_453(
+    first: RcptDecision, second: RcptDecision
+) -> None:
+    assert policy.decide_rcpt_split([], first) is first
+    split = policy.decide_rcpt_split([first], second)
+    assert split.action == "refuse" and split.reply is replies.SPLIT_TRANSACTION
+    assert (split.reply.code, split.reply.status) == (452, "4.5.3")
+    assert split.rcpt == second.rcpt
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (forward_rcpt(), RcptDecision("<x@other.example>", "pass")),
+        (forward_rcpt(), forward_rcpt()),
+        (kept_rcpt(), kept_rcpt()),
+    ],
+)
+def test_recipients_of_one_outcome_share_a_transaction(
+    first: RcptDecision, second: RcptDecision
+) -> None:
+    assert policy.decide_rcpt_split([first], second) is second
+
+
+def test_when_needed_never_skips_srs_for_unverified_mail() -> None:
+    # Its bounce must come back here to be held, not go to the sender.
+    s = settings(rewrite="when-needed")
+    m = policy.decide_mail(s, "alice@example.org", "h", spf("softfail"), now=NOW)
+    assert m.state == "U"
+    d = policy.decide_eom(s, tx(m, forward_rcpt(), sender_permits_us=True))
+    assert d.chgfrom == f"<{m.srs_sender}>"
+    assert [r.state for r in d.records] == ["U"]
+
+
+def test_forward_log_carries_the_trace_id() -> None:
+    d = policy.decide_eom(S, tx(mail(), forward_rcpt()))
+    assert dict(d.log)["trace"] == "m1"
+    assert d.action == "forward"
+
+
+@pytest.mark.parametrize(
+    ("raw_name", "action"),
+    [
+        ("vacation.eml", "discard"),
+        ("read-receipt.eml", "discard"),
+        ("delayed.eml", "discard"),
+        ("person-reply.eml", "reject"),
+        ("postfix-failed.eml", "hold"),
+        ("exim-failed.eml", "hold"),
+    ],
+)
+def test_mail_to_an_srs_address_of_a_u_message(raw_name: str, action: str) -> None:
+    t, _ = bounce_tx("U", raw_name)
+    d = policy.decide_eom(S, t)
+    assert d.action == action
+    assert bool(d.holds) == (action == "hold")
+    assert d.discard == (action == "discard")
+    assert (d.reply is replies.SRS_REPLY_REFUSED) == (action == "reject")
+    assert (
+        dict(d.log)["kind"]
+        == classify.classify((BOUNCES / raw_name).read_bytes(), null_sender=True).kind.value
+    )
+
+
+def test_a_delivered_bounce_carries_our_trace_header() -> None:
+    t, _ = bounce_tx("B")
+    d = policy.decide_eom(S, t)
+    assert d.add_headers[0] == (policy.TRACE_HEADER, "fwd.example; id=m1; by=mx.fwd.example")

@@ -296,6 +296,9 @@ class HeldSettings:
     #: From: postmaster@srs.domain (RFC 3834 section 3.3 notices).
     alert_from: str = ""
     retention_days: int = field(default=30, metadata=_at_least(1, 3650))
+    #: The most held entries (targets) one bounce may create: a bounce without
+    #: our trace id is about every target that got mail under its SRS address.
+    max_entries_per_bounce: int = field(default=10, metadata=_at_least(1, 1000))
 
 
 @dataclass(frozen=True, slots=True)

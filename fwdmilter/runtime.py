@@ -63,6 +63,7 @@ def policy_settings(cfg: config.Config) -> policy.Settings:
         rewrite="when-needed" if cfg.srs.rewrite == "when-needed" else "always",
         max_age_days=cfg.srs.max_age_days,
         instance=cfg.milter.hostname,
+        max_entries_per_bounce=cfg.held.max_entries_per_bounce,
     )
 
 

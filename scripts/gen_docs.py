@@ -200,6 +200,12 @@ MEANINGS: Final[dict[str, str]] = {
         "Days held mail waits for `fwdctl held requeue`; then `fwdctl held expire` (the"
         " daily timer) discards it and tells the alternate contact."
     ),
+    "held.max_entries_per_bounce": (
+        "The most held entries one failure bounce creates. A bounce that does not carry"
+        " the milter's trace header is about every target that got mail from that sender"
+        " that day (one SRS address); beyond this many, the bounce is still held, and the"
+        " log line says how many targets were left out (`capped=`)."
+    ),
     "logging.level": "`debug`, `info` (one line per decision), `warning` or `error`.",
     "metrics.listen": (
         "`HOST:PORT` of a Prometheus endpoint (needs the `metrics` extra); empty: none"

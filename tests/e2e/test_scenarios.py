@@ -1,0 +1,179 @@
+"""Held-mail scenarios as data, each run through a real Postfix and a real Sendmail.
+
+One file per case in ``tests/scenarios/``: the mail sent (envelope, and a
+message from ``tests/data/bounces`` or a plain one), the replies expected at
+each RCPT and at the end of data, and what the store and the sink hold
+afterwards. Placeholders in the files:
+
+``{tok}``           a token unique to the run of a case
+``{rcpt}``          a forwarding address made for the case ...
+``{target}``        ... and its target, a mailbox behind INNER
+``{other_rcpt}``    a second forwarding address, and
+``{other_target}``  its target
+``{srs}``           the SRS sender the forwarded message reached the sink with
+                    (set by the first step that has ``delivered``)
+
+An expected reply is a code (``"250"``) or the name of one of the milter's
+replies in ``fwdmilter.replies``, whose code, status and text must all be
+there: a 451 from the MTA itself (milter down or timed out) matches none.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fwdmilter import replies
+from tests.harness.fwdmilter_proc import FwdMilter
+from tests.harness.mail_fixtures import OUTSIDE, BorderFactory, MailWorld, SendmailFactory
+from tests.harness.postfix import RuntimeDir
+from tests.harness.sendmail import SENDMAIL_ROOT, SendmailInstance
+from tests.harness.smtp import Reply, Transcript, make_message, unique
+
+pytestmark = pytest.mark.e2e
+
+CASES = sorted((Path(__file__).parents[1] / "scenarios").glob("*.toml"))
+BOUNCES = Path(__file__).parents[1] / "data" / "bounces"
+
+
+@dataclass
+class Site:
+    """One MTA with the milter, as the cases see it."""
+
+    mta: Any  # PostfixInstance | SendmailInstance
+    fm: FwdMilter
+    mail: MailWorld
+    names: dict[str, str] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def postfix_site(
+    mail: MailWorld,
+    runtime: RuntimeDir,
+    border_factory: BorderFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Site]:
+    fm = FwdMilter(
+        runtime.socket("fwd-scenarios"),
+        tmp_path_factory.mktemp("scenarios-postfix"),
+        dns_port=mail.dns.port,
+    )
+    border = border_factory(milter=fm.spec, start=False)
+    fm.serve(border)
+    border.start()
+    yield Site(border, fm, mail)
+    fm.stop()
+
+
+@pytest.fixture(scope="module")
+def sendmail_site(
+    mail: MailWorld,
+    runtime: RuntimeDir,
+    sendmail_factory: SendmailFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Site]:
+    socket_path = runtime.socket("fwd-scenarios-sm")
+    sm: SendmailInstance = sendmail_factory(milter=socket_path, start=False)
+    fm = FwdMilter(
+        socket_path,
+        tmp_path_factory.mktemp("scenarios-sendmail"),
+        dns_port=mail.dns.port,
+        hostname=sm.hostname,
+        settings={
+            "mta": {
+                "type": "sendmail",
+                "submit": f"127.0.0.1:{sm.port}",
+                "sendmail_queue_dir": str(sm.queue_dir),
+                "sendmail_cf": str(sm.cf),
+                "command_dir": str(SENDMAIL_ROOT / "usr" / "libexec" / "sendmail"),
+            }
+        },
+    )
+    fm.serve()
+    try:
+        sm.start()
+        yield Site(sm, fm, mail)
+    finally:
+        fm.stop()
+
+
+def _fill(text: str, names: dict[str, str]) -> str:
+    def one(m: re.Match[str]) -> str:
+        if m.group(1) not in names:
+            raise KeyError(f"placeholder {{{m.group(1)}}} is not set yet")
+        return names[m.group(1)]
+
+    return re.sub(r"\{([a-z_]+)\}", one, text)
+
+
+def _matches(reply: Reply, expected: str) -> bool:
+    if expected.isdigit():
+        return reply.code == int(expected)
+    named = getattr(replies, expected)
+    return str(reply).startswith(str(named))
+
+
+def _check_replies(t: Transcript, expect: list[str], where: str) -> None:
+    for (address, reply), want in zip(t.rcpts, expect, strict=False):
+        assert _matches(reply, want), f"{where}: RCPT <{address}>: {reply}, expected {want}\n{t}"
+    rest = expect[len(t.rcpts) :]
+    if rest:
+        assert t.data is not None, f"{where}: no data stage, expected {rest[0]}\n{t}"
+        assert _matches(t.data, rest[0]), f"{where}: data: {t.data}, expected {rest[0]}\n{t}"
+    elif any(r.ok for _, r in t.rcpts):
+        assert t.accepted, f"{where}: the data was not accepted\n{t}"
+
+
+def _run(site: Site, case: dict[str, Any]) -> None:
+    tok = unique()
+    names = {
+        "tok": tok,
+        "rcpt": f"r{tok}@fwd.example",
+        "target": f"alice+{tok}@inner.example",
+        "other_rcpt": f"o{tok}@fwd.example",
+        "other_target": f"alice+o{tok}@inner.example",
+    }
+    site.fm.fwdctl("forward", "set", names["rcpt"], names["target"])
+    site.fm.fwdctl("forward", "set", names["other_rcpt"], names["other_target"])
+    for n, step in enumerate(case["step"], 1):
+        where = f"step {n}"
+        sender = _fill(step["from"], names)
+        to = [_fill(a, names) for a in step["to"]]
+        if "message" in step:
+            message: bytes = _fill((BOUNCES / step["message"]).read_text(), names).encode()
+        else:
+            message = make_message(sender or "MAILER-DAEMON@pass.example", to[0], subject=tok)
+        domain = sender.rpartition("@")[2] if sender else "inner.example"
+        t = site.mail.send(site.mta, sender, to, message, source_ip=OUTSIDE, helo=f"helo.{domain}")
+        _check_replies(t, [_fill(e, names) for e in step["expect"]], where)
+        if "delivered" in step:
+            got = site.mail.wait_for(_fill(step["delivered"], names), match=lambda m: True)
+            names.setdefault("srs", got.mail_from)
+    result = case.get("result", {})
+    if "log" in result:
+        site.fm.wait_log(re.escape(tok) + r".*" + result["log"])
+    if "held" in result:
+        targets = {names["target"], names["other_target"]}
+        entries = json.loads(site.fm.fwdctl("held", "list", "--json").stdout)
+        mine = [e for e in entries if e["target"] in targets]
+        assert len(mine) == result["held"], mine
+        assert all(e["target"] == names["target"] for e in mine), mine
+    if "not_delivered" in result:
+        site.mail.assert_nothing_for(_fill(result["not_delivered"], names))
+
+
+@pytest.mark.parametrize("case_file", CASES, ids=[c.stem for c in CASES])
+def test_scenario_through_postfix(postfix_site: Site, case_file: Path) -> None:
+    _run(postfix_site, tomllib.loads(case_file.read_text()))
+
+
+@pytest.mark.parametrize("case_file", CASES, ids=[c.stem for c in CASES])
+def test_scenario_through_sendmail(sendmail_site: Site, case_file: Path) -> None:
+    _run(sendmail_site, tomllib.loads(case_file.read_text()))

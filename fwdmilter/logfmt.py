@@ -15,7 +15,10 @@ from typing import Final
 
 __all__ = ["value", "pairs"]
 
-_BARE: Final = re.compile(r"[A-Za-z0-9!#$%&'()*+,\-./:;<>?@\[\]^_`{|}~]+")
+#: A value that needs no quotes: no space, no quote, no backslash, nothing
+#: outside printable ASCII. "=" may stand in a value (SRS addresses have
+#: it): a line is split at the first "=" of each space-separated pair.
+_BARE: Final = re.compile(r"[!#-\[\]-~]+")
 _NEEDS_ESCAPE: Final = re.compile(r'[\\"\x00-\x1f\x7f]|[^\x00-\x7f]')
 
 

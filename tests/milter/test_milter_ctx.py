@@ -413,3 +413,39 @@ def test_store_lost_between_rcpt_and_end_of_message(
     finally:
         rt.store.close()
         redis.stop()
+
+
+@pytest.mark.parametrize(
+    "missing", [Milter.QUARANTINE, Milter.CHGFROM, Milter.ADDRCPT, Milter.DELRCPT]
+)
+def test_an_mta_without_the_needed_actions_is_refused_at_negotiation(
+    rt: runtime.Runtime,
+    hooks: Hooks,
+    missing: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Without QUARANTINE the milter would write held entries for bounces the
+    # MTA then delivers; without CHGFROM it would forward without SRS.
+    offered = [MilterTestCtx.default_opts[0] & ~missing, *MilterTestCtx.default_opts[1:]]
+    monkeypatch.setattr(MilterTestCtx, "default_opts", offered)
+    ctx = Ctx()
+    Milter.factory = lambda: FwdMilter(rt, hooks)
+    assert ctx._connect(host="client.example", helo="h", ip="192.0.2.10") == Milter.REJECT
+    (line,) = [r.getMessage() for r in caplog.records if "negotiate: refused" in r.getMessage()]
+    name = {
+        Milter.QUARANTINE: "QUARANTINE",
+        Milter.CHGFROM: "CHGFROM",
+        Milter.ADDRCPT: "ADDRCPT",
+        Milter.DELRCPT: "DELRCPT",
+    }[missing]
+    assert f"missing={name}" in line
+
+
+def test_mixed_bounce_and_forward_is_split_at_rcpt(rt: runtime.Runtime, hooks: Hooks) -> None:
+    srs_addr = rt.settings.srs.forward("spoofed@softfail.example", now=time.time())
+    ctx = connect(rt, hooks, ip="127.0.0.1", helo="inner.example")
+    rc = feed(ctx, "", srs_addr, "bob@fwd.example", message=MESSAGE)
+    assert rc == Milter.TEMPFAIL
+    assert reply(ctx)[:2] == ("452", "4.5.3")
+    assert "new transaction" in reply(ctx)[2]

@@ -197,6 +197,8 @@ class SRSSettings:
     hash_min_length: int = field(default=4, metadata=_at_least(1, 27))
     max_age_days: int = field(default=21, metadata=_at_least(1, 1023))
     separator: str = field(default="=", metadata=_one_of("=", "+", "-"))
+    #: The alphabet of the hash in new addresses; both are always reversed.
+    hash_alphabet: str = field(default="base64", metadata=_one_of("base64", "base64url"))
     #: "always" rewrites every non-null sender outside our domains;
     #: "when-needed" keeps a sender whose SPF already permits outbound_ips.
     rewrite: str = field(default="always", metadata=_one_of("always", "when-needed"))

@@ -32,6 +32,7 @@ def make_srs(cfg: config.Config) -> SRS:
         hash_min_length=s.hash_min_length,
         max_age_days=s.max_age_days,
         separator=s.separator,
+        hash_alphabet="base64url" if s.hash_alphabet == "base64url" else "base64",
     )
 
 

@@ -103,6 +103,14 @@ MEANINGS: Final[dict[str, str]] = {
         " forwarded message."
     ),
     "srs.separator": "The character after `SRS0` and `SRS1` in new addresses.",
+    "srs.hash_alphabet": (
+        "The alphabet of the hash in new addresses. `base64` writes what Mail::SRS and"
+        " postsrsd 1 write (`+` and `/` may appear); `base64url` what postsrsd 2.3 and later"
+        " write (`-` and `_` instead), for receivers that refuse `/` in a local part."
+        " Addresses of either alphabet are reversed whatever this says, so a site moving"
+        " from postsrsd 2, or between the two, keeps reversing the bounces of the addresses"
+        " it issued."
+    ),
     "srs.rewrite": (
         "`always`: every forwarded message gets an SRS sender (except the null sender and"
         " senders in this host's own domains). `when-needed`: a sender whose SPF record"

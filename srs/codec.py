@@ -17,7 +17,10 @@ byte-compatible with both for the same secret and day:
 * The MAC is HMAC-SHA1 keyed by the secret over the fields, each lower-cased
   (ASCII letters only, as Perl's ``lc`` on bytes and C's ``tolower`` do) and
   concatenated without a separator; it is base64 encoded and cut to
-  ``hash_length`` characters. SRS0 signs (stamp, host, user); SRS1 signs
+  ``hash_length`` characters. postsrsd 2.3 and later write the base64url
+  alphabet instead (``-_`` for ``+/``: some receivers refuse ``/`` in a
+  local part); ``hash_alphabet`` chooses what this rewriter writes, and
+  either verifies, as postsrsd 2 accepts both. SRS0 signs (stamp, host, user); SRS1 signs
   (host, user), where host is the first forwarder's domain.
 * The stamp is the day number modulo 1024, as two base32 characters
   (``A-Z2-7``). Base32 survives an MTA that smashes the case of the local
@@ -53,6 +56,7 @@ from srs.errors import AddressError, BadHash, Expired, Malformed, NotSRS
 __all__ = [
     "MAX_ADDRESS_LENGTH",
     "SRS",
+    "HashAlphabet",
     "SRSAddress",
     "ascii_domain",
     "format_address",
@@ -70,7 +74,18 @@ _BASE32: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _BASE32_VALUE: Final = {c: i for i, c in enumerate(_BASE32)} | {
     c.lower(): i for i, c in enumerate(_BASE32)
 }
-_BASE64_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+#: Hash characters of both alphabets: base64 (RFC 4648 section 4), as Mail::SRS
+#: and postsrsd 1 write it, and base64url (section 5), as postsrsd 2.3 and
+#: later write it, since some receivers refuse "/" in a local part.
+_BASE64_CHARS: Final = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_"
+)
+_TO_URL: Final = bytes.maketrans(b"+/", b"-_")
+#: One form for comparing hashes of either alphabet, without regard to case.
+_FOLD: Final = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ+/", b"abcdefghijklmnopqrstuvwxyz-_"
+)
+HashAlphabet = Literal["base64", "base64url"]
 _NOT_IN_HOST: Final = re.compile(r'[=\\" \t\r\n<>@]').search
 _DAY: Final = 86400
 _TICKSLOTS: Final = 1024  # two base32 characters
@@ -219,6 +234,7 @@ class SRS:
         "_keys",
         "_max_age",
         "_separator",
+        "_url_hash",
     )
 
     def __init__(
@@ -230,6 +246,7 @@ class SRS:
         max_age_days: int = 21,
         separator: str = "=",
         *,
+        hash_alphabet: HashAlphabet = "base64",
         always_rewrite: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -253,6 +270,8 @@ class SRS:
             )
         if not isinstance(max_age_days, int) or not 0 <= max_age_days < _TICKSLOTS:
             raise ValueError(f"max_age_days must be 0 to {_TICKSLOTS - 1}, not {max_age_days!r}")
+        if hash_alphabet not in ("base64", "base64url"):
+            raise ValueError(f"hash_alphabet must be base64 or base64url, not {hash_alphabet!r}")
         if separator not in ("=", "+", "-"):
             raise ValueError(f"separator must be one of = + -, not {separator!r}")
         if not isinstance(domain, str) or not domain or "@" in domain or "=" in domain:
@@ -266,6 +285,7 @@ class SRS:
         self._hash_min_length = hash_min_length
         self._max_age = max_age_days
         self._separator = separator
+        self._url_hash = hash_alphabet == "base64url"
         self._domain = domain
         self._domain_lower = domain.lower()
         self._always_rewrite = always_rewrite
@@ -295,7 +315,8 @@ class SRS:
         return binascii.b2a_base64(outer.digest(), newline=False)
 
     def _sign(self, *fields: str) -> str:
-        return self._digest(self._keys[0], fields)[: self._hash_length].decode("ascii")
+        tag = self._digest(self._keys[0], fields)[: self._hash_length]
+        return (tag.translate(_TO_URL) if self._url_hash else tag).decode("ascii")
 
     def _verify(self, tag: str, *fields: str) -> None:
         if len(tag) < self._hash_min_length:
@@ -303,9 +324,11 @@ class SRS:
                 f"SRS hash {tag!r} is {len(tag)} characters, shorter than the minimum of "
                 f"{self._hash_min_length}"
             )
-        given = tag.encode("ascii").lower()
+        # Either alphabet verifies, in any case: a site that moves between
+        # base64 and base64url keeps reversing the addresses it issued.
+        given = tag.encode("ascii").translate(_FOLD)
         for key in self._keys:
-            expected = self._digest(key, fields)[: len(given)].lower()
+            expected = self._digest(key, fields)[: len(given)].translate(_FOLD)
             if hmac.compare_digest(expected, given):
                 return
         raise BadHash(f"SRS hash {tag!r} does not verify: forged or damaged address")

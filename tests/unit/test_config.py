@@ -109,6 +109,11 @@ def test_the_shipped_example_file_loads() -> None:
             "srs.hash_length: must be a whole number",
         ),
         ('[srs]\ndomain = "x.example"\nrewrite = "when-needed"\n', "srs.outbound_ips: must list"),
+        (
+            '[srs]\ndomain = "x.example"\nhash_alphabet = "base32"\n',
+            "srs.hash_alphabet: must be one of 'base64', 'base64url', not 'base32'",
+        ),
+        (MINIMAL + "[held]\nmax_entries_per_bounce = 0\n", "held.max_entries_per_bounce: must be"),
         ("[srs\n", "not valid TOML"),
         ("srs = 3\n", r"srs: must be a table"),
     ],

@@ -547,7 +547,9 @@ def _decide_reversal(
         now=tx.now,
         max_entries=s.max_entries_per_bounce,
     )
-    log += [("kind", bounce.kind.value), ("action", decision.action)]
+    # "reverse" in the log, as before the kinds: admins grep for it.
+    action = "reverse" if decision.action == "deliver" else decision.action
+    log += [("kind", bounce.kind.value), ("action", action)]
     if decision.msg_ids:
         log.append(("trace", ",".join(decision.msg_ids)))
     if decision.action != "deliver":

@@ -467,7 +467,8 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
                 elif isinstance(effect, machine.SetRecordState):
                     store.set_message_state(effect.srs, effect.record_id, effect.state)
                 elif isinstance(effect, machine.WriteRecords):
-                    self._write_records(effect.records)
+                    short = self._mail is not None and self._mail.srs_short
+                    self._write_records(effect.records, required=short)
                 elif isinstance(effect, machine.Rehold):
                     if store.rehold(
                         effect.target,
@@ -498,7 +499,7 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
             rt.metrics.store_latency("eom", time.monotonic() - started)
         return alerts
 
-    def _write_records(self, records: tuple[MessageRecord, ...]) -> None:
+    def _write_records(self, records: tuple[MessageRecord, ...], *, required: bool) -> None:
         rt = self.rt
         # A record outlives its SRS address's validity (the day stamp is good
         # through max_age_days, and clocks differ): a bounce that the SRS
@@ -507,7 +508,9 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         try:
             rt.store.record_messages(records, ttl)
         except StoreUnavailable:
-            if rt.cfg.store.on_error != "accept":
+            if rt.cfg.store.on_error != "accept" or required:
+                # A short SRS form is reversed through its records alone:
+                # without them, 451, and the client tries again.
                 raise
             # Forwarding without a record loses nothing: a bounce that
             # finds no record is held, never sent.

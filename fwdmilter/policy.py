@@ -37,6 +37,7 @@ from fwdmilter.machine import Effect, Hold, WriteRecords, decide_bounce, hold_nu
 from fwdmilter.replies import Reply
 from fwdmilter.states import Forward, HeldEntry, MessageRecord, RcptInfo
 from srs import (
+    ALIAS_HOST,
     SRS,
     AddressError,
     BadHash,
@@ -44,7 +45,9 @@ from srs import (
     Malformed,
     NotSRS,
     SRSAddress,
+    alias_key,
     ascii_domain,
+    local_part_too_long,
     looks_like_srs,
 )
 
@@ -156,6 +159,9 @@ class MailDecision:
     srs_sender: str | None  # the SRS address to send with, if rewritten
     auth_results: str  # the Authentication-Results header value
     spf: SPFOutcome | None
+    #: ``srs_sender`` is a short form: the original sender is only in the
+    #: message records, so they must be written for it to be used.
+    srs_short: bool = False
 
 
 def authserv_id(header_value: str) -> str:
@@ -218,12 +224,19 @@ def decide_mail(
     verified = not null and (bool(auth_user) or (spf is not None and spf.result == "pass"))
     state: State = "B" if verified else "U"
     srs_sender: str | None = None
+    short = False
     if not null and addr.domain_of(sender) not in s.own_domains:
         try:
             srs_sender = s.srs.forward(sender, now=now)
         except AddressError:
             return MailDecision(replies.BAD_ADDRESS, state, sender, None, auth, spf)
-    return MailDecision(None, state, sender, srs_sender, auth, spf)
+        if local_part_too_long(srs_sender):
+            # Receivers refuse a local part over 64 octets (RFC 5321 section
+            # 4.5.3.1.1): send with a short form, signed and dated alike,
+            # whose sender the message records keep.
+            srs_sender = s.srs.forward(f"{alias_key(sender)}@{ALIAS_HOST}", now=now)
+            short = True
+    return MailDecision(None, state, sender, srs_sender, auth, spf, short)
 
 
 # -- RCPT TO -------------------------------------------------------------------
@@ -535,11 +548,12 @@ def _decide_reversal(
     key = addr.key(r.rcpt)
     records = tx.records.get(key, ())
     bounce = tx.bounce or Classification(Kind.OTHER, "not read")
+    original = _sender_as_sent(srs_addr, records)
     decision = decide_bounce(
         kind=bounce.kind,
         reason=bounce.reason,
         srs=key,
-        original_sender=srs_addr.reversed,
+        original_sender=original,
         records=records,
         trace_ids=trace_ids(s, bounce.trace_values),
         instance=s.instance,
@@ -564,8 +578,7 @@ def _decide_reversal(
     if decision.action == "hold":
         quarantine = "fwdmilter: bounce held, sender not verified: " + decision.reason
     elif decision.action == "deliver":
-        to = _sender_as_sent(srs_addr, records)
-        delrcpt, addrcpt = (r.rcpt,), ((_bracket(to), _rcpt_params(r)),)
+        delrcpt, addrcpt = (r.rcpt,), ((_bracket(original), _rcpt_params(r)),)
         # Our trace header on the bounce too: a bounce loop stops at loop_limit.
         auth = ((TRACE_HEADER, _trace_value(s, tx.msg_id)), *auth)
     return EomDecision(
@@ -585,6 +598,13 @@ def _sender_as_sent(srs_addr: SRSAddress, records: Sequence[MessageRecord]) -> s
     if that is the mailbox the SRS address names (an IDN domain travels as
     its A-label in the SRS address); else the SRS address's reversal."""
     senders = {rec.sender for rec in records if rec.sender}
+    if srs_addr.host == ALIAS_HOST:
+        # A short form: the records hold the sender its key stands for.
+        key = srs_addr.user.upper()
+        for sender in sorted(senders):
+            if alias_key(sender) == key:
+                return sender
+        return srs_addr.reversed  # not reached: deliver needs its records
     if len(senders) == 1:
         (sender,) = senders
         if ascii_domain(sender).lower() == srs_addr.reversed.lower():

@@ -40,6 +40,7 @@ is a parameter (``now=``), read from ``clock`` only when none is given.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
 import hmac
@@ -55,8 +56,12 @@ from srs.errors import AddressError, BadHash, Expired, Malformed, NotSRS
 
 __all__ = [
     "MAX_ADDRESS_LENGTH",
+    "MAX_LOCAL_PART",
+    "ALIAS_HOST",
     "SRS",
     "HashAlphabet",
+    "alias_key",
+    "local_part_too_long",
     "SRSAddress",
     "ascii_domain",
     "format_address",
@@ -162,6 +167,32 @@ def _tag(local: str) -> str | None:
         if tag in ("SRS0", "SRS1"):
             return tag
     return None
+
+
+#: RFC 5321 section 4.5.3.1.1: a local part is at most 64 octets, and
+#: receivers enforce it ("553 5.1.7 local part too long").
+MAX_LOCAL_PART: Final = 64
+#: The host of a short form (as postsrsd 2 writes them in its database
+#: mode): "1" is no domain, so a short form never reverses to a mailbox.
+ALIAS_HOST: Final = "1"
+
+
+def alias_key(address: str) -> str:
+    """The user of the short form for ``address``: the base32hex (RFC 4648
+    section 7) SHA-1 of the address, 32 characters, as postsrsd 2 makes it.
+
+    A short form ``SRS0=HHHH=TT=1=KEY@domain`` is signed and dated like any
+    SRS0 address; the original sender it stands for is not in it, but in the
+    forwarder's store (fwdmilter keeps it in the message records).
+    """
+    digest = hashlib.sha1(address.encode("utf-8", "surrogateescape")).digest()
+    return base64.b32hexencode(digest).decode("ascii")
+
+
+def local_part_too_long(address: str) -> bool:
+    """True if ``address``'s local part exceeds :data:`MAX_LOCAL_PART` octets."""
+    local = address.rpartition("@")[0]
+    return len(local.encode("utf-8", "surrogateescape")) > MAX_LOCAL_PART
 
 
 def looks_like_srs(address: str) -> bool:

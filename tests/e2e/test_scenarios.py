@@ -13,6 +13,11 @@ afterwards. Placeholders in the files:
 ``{srs}``           the SRS sender the forwarded message reached the sink with
                     (set by the first step that has ``delivered``)
 
+``[result]`` may say: ``held`` (entries for the case's targets), ``log`` (a
+regular expression a decision line with the token matches), ``delivered`` /
+``not_delivered`` (an address the sink did / did not get mail for), and
+``srs_local_max`` (octets the SRS sender's local part may have).
+
 An expected reply is a code (``"250"``) or the name of one of the milter's
 replies in ``fwdmilter.replies``, whose code, status and text must all be
 there: a 451 from the MTA itself (milter down or timed out) matches none.
@@ -157,6 +162,11 @@ def _run(site: Site, case: dict[str, Any]) -> None:
             got = site.mail.wait_for(_fill(step["delivered"], names), match=lambda m: True)
             names.setdefault("srs", got.mail_from)
     result = case.get("result", {})
+    if "srs_local_max" in result:
+        local = names["srs"].rpartition("@")[0]
+        assert len(local.encode()) <= result["srs_local_max"], names["srs"]
+    if "delivered" in result:
+        site.mail.wait_for(_fill(result["delivered"], names), match=lambda m: True)
     if "log" in result:
         site.fm.wait_log(re.escape(tok) + r".*" + result["log"])
     if "held" in result:

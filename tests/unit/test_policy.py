@@ -11,7 +11,7 @@ import pytest
 from fwdmilter import classify, machine, policy, replies
 from fwdmilter.policy import RcptDecision, SPFOutcome
 from fwdmilter.states import Forward, MessageRecord, RcptInfo
-from srs import SRS
+from srs import ALIAS_HOST, SRS, alias_key
 
 NOW = 20780 * 86400 + 43200
 BOUNCES = Path(__file__).parents[1] / "data" / "bounces"
@@ -540,3 +540,76 @@ def test_a_delivered_bounce_carries_our_trace_header() -> None:
     t, _ = bounce_tx("B")
     d = policy.decide_eom(S, t)
     assert d.add_headers[0] == (policy.TRACE_HEADER, "fwd.example; id=m1; by=mx.fwd.example")
+
+
+# -- SRS addresses that always fit (RFC 5321 section 4.5.3.1.1) -------------------
+
+
+def _sender_with_srs_local_part(octets: int) -> str:
+    """A sender at example.org whose standard SRS0 local part is ``octets`` long."""
+    probe = S.srs.forward("x@example.org", now=NOW)
+    overhead = len(probe.rpartition("@")[0]) - 1
+    return "u" * (octets - overhead) + "@example.org"
+
+
+def test_an_srs_local_part_of_64_octets_stays_standard() -> None:
+    sender = _sender_with_srs_local_part(64)
+    m = mail(sender)
+    assert m.srs_sender == S.srs.forward(sender, now=NOW)
+    assert len((m.srs_sender or "").rpartition("@")[0]) == 64
+    assert not m.srs_short
+
+
+def test_65_octets_get_the_short_form_signed_dated_and_recorded() -> None:
+    sender = _sender_with_srs_local_part(65)
+    m = mail(sender)
+    assert m.srs_short and m.srs_sender is not None
+    local = m.srs_sender.rpartition("@")[0]
+    assert len(local) <= 64
+    parsed = S.srs.parse(m.srs_sender, now=NOW)  # a genuine, dated SRS0 address
+    assert (parsed.host, parsed.user) == (ALIAS_HOST, alias_key(sender))
+    d = policy.decide_eom(S, tx(m, forward_rcpt()))
+    (rec,) = d.records
+    assert rec.sender == sender and rec.srs == m.srs_sender.lower()
+
+
+def test_a_60_character_local_part_fits_after_rewriting() -> None:
+    # The issue's measurement: 60 characters gave an 85-octet SRS local part.
+    m = mail("p" * 60 + "@example.org")
+    assert m.srs_short
+    assert len((m.srs_sender or "").rpartition("@")[0]) <= 64
+
+
+def test_a_bounce_to_a_short_form_reaches_the_sender_its_records_name() -> None:
+    sender = _sender_with_srs_local_part(80)
+    m = mail(sender)
+    srs_addr = m.srs_sender or ""
+    key = srs_addr.lower()
+    record = MessageRecord(
+        key, "m.0", "m", "B", sender, "bob@fwd.example", "broken@inner.example", NOW, "mx", "Q"
+    )
+    null = policy.decide_mail(S, "", "inner.example", spf("pass", "inner.example", "helo"), now=NOW)
+    rcpt = policy.decide_rcpt_srs(S, f"<{srs_addr}>", srs_addr, [], NOW)
+    report = classify.classify((BOUNCES / "postfix-failed.eml").read_bytes(), null_sender=True)
+    d = policy.decide_eom(S, tx(null, rcpt, records={key: [record]}, bounce=report))
+    assert d.addrcpt == ((f"<{sender}>", ()),)
+    # Unverified: held, and the entry names the real sender for the requeue.
+    held = policy.decide_eom(
+        S, tx(null, rcpt, records={key: [replace(record, state="U")]}, bounce=report)
+    )
+    (entry,) = held.holds
+    assert entry.sender == sender
+    # Its records gone: held, never sent to the key.
+    lost = policy.decide_eom(S, tx(null, rcpt, records={key: []}, bounce=report))
+    assert lost.quarantine and lost.addrcpt == ()
+
+
+def test_a_forged_short_form_is_refused_at_rcpt() -> None:
+    m = mail(_sender_with_srs_local_part(90))
+    srs_addr = m.srs_sender or ""
+    tag = srs_addr.split("=")[1]
+    forged = srs_addr.replace(tag, "AAAA" if tag != "AAAA" else "BBBB", 1)
+    d = policy.decide_rcpt_srs(S, f"<{forged}>", forged, [], NOW)
+    assert d.reply is replies.SRS_FORGED
+    old = policy.decide_rcpt_srs(S, f"<{srs_addr}>", srs_addr, [], NOW + 40 * 86400)
+    assert old.reply is replies.SRS_EXPIRED

@@ -295,3 +295,15 @@ def test_ascii_domain() -> None:
     assert ascii_domain("a@example.org") == "a@example.org"
     assert ascii_domain("no-at-sign") == "no-at-sign"
     assert ascii_domain("a@bü--cher.de") == "a@bü--cher.de"  # not a valid IDN: unchanged
+
+
+def test_alias_key_is_postsrsd2s_database_key() -> None:
+    # postsrsd 2 (src/srs.c, postsrsd_forward): base32hex of the SHA-1 of the
+    # address, here of sha1("alice@example.org") = 45a6b241...35aac986.
+    from srs import alias_key, local_part_too_long  # noqa: PLC0415
+
+    assert alias_key("alice@example.org") == "8MJB4GD28B4NU14IQE1C746VKCQQLIC6"
+    assert len(alias_key("x" * 900 + "@example.org")) == 32
+    assert not local_part_too_long("u" * 64 + "@fwd.example")
+    assert local_part_too_long("u" * 65 + "@fwd.example")
+    assert local_part_too_long("é" * 33 + "@fwd.example")  # 66 octets in UTF-8

@@ -250,6 +250,10 @@ def test_spf_pass_is_forwarded_with_an_srs_sender(rt: runtime.Runtime, hooks: Ho
     )
     (record,) = rt.store.messages(srs_sender.lower())
     assert (record.state, record.target, record.queue_id) == ("B", "bob@inner.example", "QID42")
+    # The record outlives its SRS address, valid through max_age_days: two
+    # days more, so that a bounce the SRS check lets in finds its record.
+    lifetime = record.expires - record.created
+    assert abs(lifetime - (rt.cfg.srs.max_age_days + 2) * 86400) < 60
 
 
 def test_spf_fail_is_refused_at_mail_from(rt: runtime.Runtime, hooks: Hooks) -> None:
@@ -449,3 +453,43 @@ def test_mixed_bounce_and_forward_is_split_at_rcpt(rt: runtime.Runtime, hooks: H
     assert rc == Milter.TEMPFAIL
     assert reply(ctx)[:2] == ("452", "4.5.3")
     assert "new transaction" in reply(ctx)[2]
+
+
+class RefusingCtx(Ctx):
+    """An MTA that fails the quarantine request (a lost connection)."""
+
+    def quarantine(self, reason: str) -> None:
+        raise Milter.error("cannot quarantine")
+
+
+def test_an_mta_that_does_not_hold_leaves_no_entry_and_no_alert(
+    rt: runtime.Runtime, hooks: Hooks
+) -> None:
+    now = time.time()
+    srs_addr = rt.settings.srs.forward("spoofed@softfail.example", now=now)
+    rt.store.record_messages(
+        [
+            MessageRecord(
+                srs_addr.lower(),
+                "m.0",
+                "m",
+                "U",
+                "spoofed@softfail.example",
+                "bob@fwd.example",
+                "bob@inner.example",
+                now,
+                "mx.fwd.example",
+                "Q0",
+            )
+        ],
+        86400,
+    )
+    bounce = (Path(__file__).parents[1] / "data" / "bounces" / "postfix-failed.eml").read_bytes()
+    ctx = RefusingCtx()
+    Milter.factory = lambda: FwdMilter(rt, hooks)
+    assert ctx._connect(host="inner.example", helo="inner.example", ip="127.0.0.1") == 0
+    assert feed(ctx, "", srs_addr, message=bounce) == Milter.TEMPFAIL
+    assert reply(ctx)[:3] == ("451", "4.3.0", "Temporary local problem; try again later")
+    assert rt.store.held(target="bob@inner.example") == []
+    assert rt.store.held_counts("bob@inner.example") == (0, 0)
+    assert hooks.alerts == []

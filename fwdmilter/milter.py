@@ -50,18 +50,10 @@ WANTED_ACTIONS: Final = (
     | Milter.SETSYMLIST
 )
 
-#: The modifications the milter cannot work without: an MTA that does not
-#: offer them all would take messages the milter could neither rewrite nor
-#: hold (smfi_register flags, as offered at negotiation).
+#: The modifications the milter cannot work without, by name: an MTA that
+#: does not offer them all would take messages the milter could neither
+#: rewrite nor hold (smfi_register flags, as offered at negotiation).
 REQUIRED_ACTIONS: Final = (
-    Milter.ADDHDRS
-    | Milter.CHGHDRS
-    | Milter.CHGFROM
-    | Milter.ADDRCPT
-    | Milter.DELRCPT
-    | Milter.QUARANTINE
-)
-_ACTION_NAMES: Final = (
     (Milter.ADDHDRS, "ADDHDRS"),
     (Milter.CHGHDRS, "CHGHDRS"),
     (Milter.CHGFROM, "CHGFROM"),
@@ -226,7 +218,7 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
             # the connection (milter_default_action) at once.
             return REJECT
         offered = opts[0]
-        missing = [name for flag, name in _ACTION_NAMES if not offered & flag]
+        missing = [name for flag, name in REQUIRED_ACTIONS if not offered & flag]
         if missing:
             # Without these the milter could accept mail it can neither
             # rewrite nor hold: refuse the connection, and the MTA's

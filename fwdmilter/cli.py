@@ -9,6 +9,7 @@
     fwdctl held requeue --target ADDR | --domain DOMAIN
     fwdctl held drop --target ADDR [--id ENTRY]
     fwdctl held expire [--now UNIXTIME]
+    fwdctl explain --client IP --helo NAME --from SENDER [--auth USER] [--json] RCPT...
     fwdctl stats [--json]
     fwdctl store migrate --to URL
 
@@ -298,7 +299,56 @@ def cmd_store(args: argparse.Namespace, cfg: config.Config) -> int:
     return EXIT_OK
 
 
+# -- explain -----------------------------------------------------------------------
+
+
+def cmd_explain(args: argparse.Namespace, cfg: config.Config) -> int:
+    from fwdmilter.explain import explain  # noqa: PLC0415 - needs DNS and the store
+    from fwdmilter.runtime import policy_settings  # noqa: PLC0415
+    from fwdmilter.spf import SPFChecker  # noqa: PLC0415
+
+    sender = "" if args.sender in ("", "<>") else _check_address(args.sender, "sender")
+    rcpts = [_check_address(r, "recipient") for r in args.rcpts]
+    store = _store(cfg)
+    try:
+        stages = explain(
+            policy_settings(cfg),
+            store,
+            SPFChecker(cfg.dns),
+            client=args.client,
+            helo=args.helo,
+            sender=sender,
+            rcpts=rcpts,
+            auth_user=args.auth or "",
+        )
+    finally:
+        store.close()
+    if args.json:
+        _print_json([asdict(s) for s in stages])
+        return EXIT_OK
+    for s in stages:
+        print(f"{s.command}: {s.reply}")
+        for line in s.why:
+            print(f"    {line}")
+    return EXIT_OK
+
+
 # -- the parser ----------------------------------------------------------------------
+
+
+def _add_explain(sub: Any) -> None:
+    p_explain = sub.add_parser(
+        "explain", help="what the milter would answer at each stage, and why (sends nothing)"
+    )
+    p_explain.add_argument("--client", required=True, metavar="IP", help="the client's address")
+    p_explain.add_argument("--helo", required=True, metavar="NAME", help="its HELO name")
+    p_explain.add_argument(
+        "--from", dest="sender", required=True, metavar="SENDER", help="MAIL FROM ('' for <>)"
+    )
+    p_explain.add_argument("--auth", metavar="USER", help="as if the client authenticated")
+    p_explain.add_argument("--json", action="store_true")
+    p_explain.add_argument("rcpts", nargs="+", metavar="RCPT")
+    p_explain.set_defaults(func=cmd_explain)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -367,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = held_sub.add_parser("expire", help="discard held mail older than held.retention_days")
     p.add_argument("--now", type=float, metavar="UNIXTIME", help=argparse.SUPPRESS)
     p_held.set_defaults(func=cmd_held)
+
+    _add_explain(sub)
 
     p_stats = sub.add_parser("stats", help="counts per state and per target")
     p_stats.add_argument("--json", action="store_true")

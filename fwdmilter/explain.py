@@ -1,0 +1,166 @@
+"""What the milter would answer, stage by stage, and why: ``fwdctl explain``.
+
+The same decisions the milter makes (:mod:`fwdmilter.policy`), on the same
+facts: the client address and HELO name given, a real SPF check through the
+configured DNS, the live forwarding table and held counts from the store.
+Nothing is sent and nothing is written; the message's own content (trace
+headers, a bounce's report) is not known here, so end of message is told as
+it goes for a plain message.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from fwdmilter import addr, policy
+from fwdmilter.replies import Reply
+from fwdmilter.spf import SPFChecker
+from fwdmilter.store.base import Store
+
+__all__ = ["Stage", "explain"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One SMTP stage: what was asked, what the milter answers, and why."""
+
+    stage: str  # "mail", "rcpt", "eom"
+    command: str  # "MAIL FROM:<...>", "RCPT TO:<...>", "end of message"
+    reply: str  # "250" (continue), or the milter's reply
+    why: tuple[str, ...] = field(default=())
+
+
+def _reply(reply: Reply | None) -> str:
+    return "250 (accepted)" if reply is None else str(reply)
+
+
+def explain(
+    settings: policy.Settings,
+    store: Store,
+    spf: SPFChecker,
+    *,
+    client: str,
+    helo: str,
+    sender: str,
+    rcpts: list[str],
+    auth_user: str = "",
+    now: float | None = None,
+) -> list[Stage]:
+    """The stages of one transaction from ``client`` saying ``helo``."""
+    now = time.time() if now is None else now
+    mail, stage = _mail(settings, spf, client, helo, addr.strip_brackets(sender), auth_user, now)
+    stages = [stage]
+    if mail.reply is not None:
+        return stages
+    accepted: list[policy.RcptDecision] = []
+    for rcpt in rcpts:
+        decision, stage = _rcpt(settings, store, mail, addr.strip_brackets(rcpt), accepted, now)
+        if decision.reply is None:
+            accepted.append(decision)
+        stages.append(stage)
+    if accepted:
+        stages.append(_eom(settings, mail, accepted, now))
+    return stages
+
+
+def _mail(
+    settings: policy.Settings,
+    spf: SPFChecker,
+    client: str,
+    helo: str,
+    sender: str,
+    auth_user: str,
+    now: float,
+) -> tuple[policy.MailDecision, Stage]:
+    why: list[str] = []
+    outcome: policy.SPFOutcome | None = None
+    if auth_user:
+        why.append(f"client authenticated as {auth_user}: SPF not checked")
+    elif policy.is_trusted(client, settings.trusted):
+        why.append(f"client {client} is in trusted.networks: SPF not checked")
+    else:
+        outcome = spf.check(client, sender, helo)
+        why.append(
+            f"SPF {outcome.result} for the {outcome.identity} identity {outcome.domain}"
+            + (f": {outcome.explanation}" if outcome.explanation else "")
+        )
+    mail = policy.decide_mail(
+        settings, sender, helo, outcome, auth_user=auth_user, client_ip=client, now=now
+    )
+    why.append(f"message state {mail.state}" + (" (verified sender)" if mail.state == "B" else ""))
+    if mail.srs_sender:
+        form = "short form" if mail.srs_short else "SRS address"
+        why.append(f"the envelope sender becomes the {form} {mail.srs_sender}")
+    elif sender:
+        why.append("the envelope sender is kept (a domain of this host)")
+    else:
+        why.append("the null sender is never rewritten")
+    why.append(f"Authentication-Results: {mail.auth_results}")
+    return mail, Stage("mail", f"MAIL FROM:<{sender}>", _reply(mail.reply), tuple(why))
+
+
+def _rcpt(
+    settings: policy.Settings,
+    store: Store,
+    mail: policy.MailDecision,
+    bare: str,
+    accepted: list[policy.RcptDecision],
+    now: float,
+) -> tuple[policy.RcptDecision, Stage]:
+    kind = policy.classify_rcpt(settings, bare)
+    why: list[str] = []
+    if kind is policy.RcptKind.SRS:
+        decision = policy.decide_rcpt_srs(settings, f"<{bare}>", bare, [], now)
+        if decision.srs is not None:
+            why.append(f"a valid SRS address: mail to it is about {decision.srs.reversed}")
+        else:
+            why.append("an address at the SRS domain that does not verify")
+    elif kind is policy.RcptKind.FORWARDING:
+        info = store.rcpt_info([addr.key(bare)])[0]
+        decision = policy.decide_rcpt_forwarding(settings, f"<{bare}>", info, mail, [])
+        fwd = info.forward
+        if fwd is None:
+            why.append("not in the forwarding table")
+        elif fwd.moved_to:
+            why.append(f"deleted, moved to {fwd.moved_to}")
+        else:
+            why.append(f"forwarded to {fwd.target}")
+            why.append(f"its target has {info.held} held or requeued message(s)")
+            if fwd.null_sender == "hold":
+                why.append("null-sender mail for it is kept in the hold queue")
+    else:
+        decision = policy.RcptDecision(f"<{bare}>", "pass")
+        why.append("not in a forwarding domain nor the SRS domain: passed untouched")
+    if decision.reply is None:
+        decision = policy.decide_rcpt_split(accepted, decision)
+        if decision.reply is not None:
+            why.append("needs another outcome than the recipients accepted before it")
+    return decision, Stage("rcpt", f"RCPT TO:<{bare}>", _reply(decision.reply), tuple(why))
+
+
+def _eom(
+    settings: policy.Settings,
+    mail: policy.MailDecision,
+    accepted: list[policy.RcptDecision],
+    now: float,
+) -> Stage:
+    if accepted[0].action == "reverse":
+        why = [
+            "depends on what the mail is and on the state of the records under that address:"
+            " a failure of unverified mail is held, other notices and automatic replies are"
+            " dropped, anything else is refused; all of it reaches a verified sender"
+            " (docs/states.md)"
+        ]
+        return Stage("eom", "end of message", "250 (accepted)", tuple(why))
+    tx = policy.Transaction(
+        mail=mail, rcpts=tuple(accepted), queue_id="(queue id)", msg_id="(id)", now=now
+    )
+    d = policy.decide_eom(settings, tx)
+    why = [f"action {d.action}"]
+    why += [f"recipient becomes {to}" for to, _ in d.addrcpt]
+    if d.chgfrom:
+        why.append(f"envelope sender {d.chgfrom}; its message record is written")
+    if d.quarantine:
+        why.append(f"kept in the hold queue: {d.quarantine}")
+    return Stage("eom", "end of message", _reply(d.reply), tuple(why))

@@ -1,0 +1,146 @@
+"""fwdctl explain: the milter's answers stage by stage, from a real DNS and store.
+
+Nothing is sent: the command runs the milter's own decisions on an SPF
+check against the harness's DNS server and on the forwarding table and held
+counts of the store, and says why at each stage.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fwdmilter import replies
+from fwdmilter.config import StoreSettings
+from fwdmilter.states import HeldEntry
+from fwdmilter.store import open_store
+from tests.harness.dns import DnsServer
+from tests.harness.fwdmilter_proc import FwdMilter
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def fm(dns: DnsServer, tmp_path_factory: pytest.TempPathFactory) -> FwdMilter:
+    workdir = tmp_path_factory.mktemp("explain")
+    f = FwdMilter(workdir / "unused.sock", workdir, dns_port=dns.port)
+    f.write_config()
+    f.fwdctl("forward", "set", "bob@fwd.example", "bob@inner.example")
+    f.fwdctl("forward", "set", "held@fwd.example", "broken@inner.example")
+    f.fwdctl("forward", "set", "old@fwd.example", "old@inner.example")
+    f.fwdctl("forward", "delete", "old@fwd.example", "--moved-to", "new@else.example")
+    return f
+
+
+def stages(fm: FwdMilter, *args: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = json.loads(fm.fwdctl("explain", "--json", *args).stdout)
+    return out
+
+
+def test_a_verified_sender_is_forwarded_with_srs(fm: FwdMilter) -> None:
+    mail, rcpt, eom = stages(
+        fm,
+        "--client",
+        "192.0.2.7",
+        "--helo",
+        "mx.pass.example",
+        "--from",
+        "a@pass.example",
+        "bob@fwd.example",
+    )
+    assert mail["reply"].startswith("250") and "SPF pass" in mail["why"][0]
+    assert "message state B (verified sender)" in mail["why"]
+    assert any(
+        w.startswith("the envelope sender becomes the SRS address SRS0=") for w in mail["why"]
+    )
+    assert rcpt["why"][0] == "forwarded to bob@inner.example"
+    assert "recipient becomes <bob@inner.example>" in eom["why"]
+
+
+def test_spf_fail_stops_at_mail_from(fm: FwdMilter) -> None:
+    (mail,) = stages(
+        fm, "--client", "192.0.2.99", "--helo", "x", "--from", "m@fail.example", "bob@fwd.example"
+    )
+    assert mail["reply"].startswith(str(replies.SPF_FAIL))
+
+
+def test_each_recipient_gets_its_own_answer_and_reason(fm: FwdMilter, tmp_path: Path) -> None:
+    store = open_store(StoreSettings(url=fm.settings["store"]["url"]), instance="x")
+    try:
+        store.hold(
+            HeldEntry(
+                "broken@inner.example",
+                "x/Q1",
+                "H",
+                "s@softfail.example",
+                "held@fwd.example",
+                "Q1",
+                "x",
+                "550 5.1.1 gone",
+                1.0,
+            )
+        )
+    finally:
+        store.close()
+    mail, *rcpts, eom = stages(
+        fm,
+        "--client",
+        "192.0.2.99",
+        "--helo",
+        "x",
+        "--from",
+        "u@softfail.example",
+        "bob@fwd.example",
+        "nobody@fwd.example",
+        "held@fwd.example",
+        "x@other.example",
+    )
+    assert "message state U" in mail["why"]
+    bob, nobody, held, other = rcpts
+    assert bob["reply"].startswith("250")
+    assert nobody["reply"] == str(replies.UNKNOWN_RECIPIENT)
+    assert held["reply"] == str(replies.TARGET_HELD)
+    assert "its target has 1 held or requeued message(s)" in held["why"]
+    assert other["reply"].startswith("250") and "passed untouched" in other["why"][0]
+    assert eom["stage"] == "eom"
+
+
+def test_a_bounce_to_an_srs_address_travels_alone(fm: FwdMilter) -> None:
+    srs_addr = fm.fwdctl("srs", "forward", "a@pass.example").stdout.strip()
+    _, srs, fwd, eom = stages(
+        fm,
+        "--client",
+        "192.0.2.7",
+        "--helo",
+        "mx.pass.example",
+        "--from",
+        "",
+        srs_addr,
+        "bob@fwd.example",
+    )
+    assert srs["reply"].startswith("250") and "about a@pass.example" in srs["why"][0]
+    assert fwd["reply"] == str(replies.SPLIT_TRANSACTION)
+    assert "depends on what the mail is" in eom["why"][0]
+
+
+def test_text_output_names_every_stage(fm: FwdMilter) -> None:
+    out = fm.fwdctl(
+        "explain",
+        "--client",
+        "192.0.2.7",
+        "--helo",
+        "mx.pass.example",
+        "--from",
+        "a@pass.example",
+        "old@fwd.example",
+    ).stdout
+    lines = out.splitlines()
+    assert lines[0] == "MAIL FROM:<a@pass.example>: 250 (accepted)"
+    assert (
+        "RCPT TO:<old@fwd.example>: 551 5.1.6 User not local; please try <new@else.example>"
+        in lines
+    )
+    assert "    deleted, moved to new@else.example" in lines

@@ -31,6 +31,9 @@ from tests.harness.redis import RedisServer
 MESSAGE = b"From: Alice <alice@pass.example>\nTo: bob@fwd.example\nSubject: hi\n\nHello Bob.\n"
 
 
+_DEFAULT_OPTS: tuple[int, ...] = tuple(MilterTestCtx.default_opts)
+
+
 def _replied(rc: int) -> int:
     # The MTA reads NOREPLY as "carry on"; TestCtx predates it.
     return int(Milter.CONTINUE) if rc == Milter.NOREPLY else rc
@@ -45,6 +48,15 @@ class Ctx(MilterTestCtx):  # type: ignore[misc]
         super().__init__()
         self.quarantined: str | None = None
         self._macros = {"i": "QID42"}
+
+    def _negotiate(self) -> int:
+        # TestCtx hands every context one class-wide list, into which
+        # negotiate() writes the protocol it chose (a TCP socket's milter
+        # asks for DATA): a fresh copy each time, so that no test sees the
+        # options an earlier one negotiated.
+        MilterTestCtx.default_opts = list(_DEFAULT_OPTS)
+        rc: int = super()._negotiate()
+        return rc
 
     def _connect(self, *args: Any, **kw: Any) -> int:
         rc = self._negotiate()
@@ -434,14 +446,19 @@ def test_an_mta_without_the_needed_actions_is_refused_at_negotiation(
     rt: runtime.Runtime,
     hooks: Hooks,
     missing: int,
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Without QUARANTINE the milter would write held entries for bounces the
     # MTA then delivers; without CHGFROM it would forward without SRS.
-    offered = [MilterTestCtx.default_opts[0] & ~missing, *MilterTestCtx.default_opts[1:]]
-    monkeypatch.setattr(MilterTestCtx, "default_opts", offered)
-    ctx = Ctx()
+    offered = [_DEFAULT_OPTS[0] & ~missing, *_DEFAULT_OPTS[1:]]
+
+    class Lacking(Ctx):
+        def _negotiate(self) -> int:
+            MilterTestCtx.default_opts = list(offered)
+            rc: int = MilterTestCtx._negotiate(self)
+            return rc
+
+    ctx = Lacking()
     Milter.factory = lambda: FwdMilter(rt, hooks)
     assert ctx._connect(host="client.example", helo="h", ip="192.0.2.10") == Milter.REJECT
     (line,) = [r.getMessage() for r in caplog.records if "negotiate: refused" in r.getMessage()]

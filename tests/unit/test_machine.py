@@ -7,7 +7,7 @@ import pytest
 from fwdmilter import machine, replies
 from fwdmilter.classify import Kind
 from fwdmilter.machine import Hold, Rehold, Release, SetRecordState, WriteRecords
-from fwdmilter.states import MessageRecord, RecordState
+from fwdmilter.states import HeldEntry, MessageRecord, RecordState
 
 NOW = 1_800_000_000.0
 SRS = "srs0=hhhh=tt=example.org=alice@fwd.example"
@@ -126,7 +126,8 @@ def test_a_bounce_creates_at_most_max_entries() -> None:
     d = decide(Kind.FAILURE, records, cap=10)
     assert len(holds(d)) == 10 and d.capped == 5
     assert "t14@x.example" in holds(d)  # the newest ones
-    assert len(holds(decide(Kind.FAILURE, records, cap=20))) == 15
+    roomy = decide(Kind.FAILURE, records, cap=20)
+    assert (len(holds(roomy)), roomy.capped) == (15, 0)
 
 
 def test_without_records_the_bounce_is_kept_under_no_target() -> None:
@@ -220,3 +221,101 @@ def test_kept_null_sender_mail_is_n_and_names_the_contact() -> None:
         "mx1/QN",
         "",
     )
+
+
+# -- whole decisions ---------------------------------------------------------------
+
+
+def test_every_decision_carries_its_kind_reason_and_trace_ids() -> None:
+    cases = [
+        (Kind.FAILURE, [rec(state="B")], "deliver"),
+        (Kind.DELAY, [rec(state="B")], "deliver"),
+        (Kind.FAILURE, [rec()], "hold"),
+        (Kind.OTHER, [rec()], "reject"),
+        (Kind.AUTO_REPLY, [rec()], "discard"),
+    ]
+    for kind, records, action in cases:
+        d = decide(kind, records, ids=("m1",))
+        assert (d.action, d.kind, d.reason, d.msg_ids) == (
+            action,
+            kind,
+            "550 5.2.2 mailbox full",
+            ("m1",),
+        ), action
+        assert d.capped == 0
+
+
+def test_a_requeued_record_that_is_delivered_keeps_the_decision_for_its_sender() -> None:
+    d = decide(Kind.SUCCESS, [rec(state="B"), rec("b@x.example", "R", "m1", 1, "mx1/QOLD")])
+    # One record of the message is R: not verified as a whole, released all the same.
+    assert d.action == "discard" and d.kind is Kind.SUCCESS and d.msg_ids == ("m1",)
+    assert Release("b@x.example", "mx1/QOLD") in d.effects
+
+
+def test_a_held_record_that_fails_again_gets_a_new_entry_not_a_rehold() -> None:
+    # Only R means "requeued": an H record keeps the link to the entry that
+    # held it, and a second failure of it is a new held bounce.
+    d = decide(Kind.FAILURE, [rec(state="H", held_id="mx1/QOLD")])
+    assert [e for e in d.effects if isinstance(e, Rehold)] == []
+    assert holds(d) == ["broken@inner.example"]
+
+
+def test_a_record_without_entry_link_is_held_afresh_even_in_r() -> None:
+    d = decide(Kind.FAILURE, [rec(state="R", held_id="")])
+    assert [e for e in d.effects if isinstance(e, Rehold)] == []
+    assert holds(d) == ["broken@inner.example"]
+
+
+def test_the_entry_of_a_bounce_nobody_explains() -> None:
+    d = decide(Kind.FAILURE, [])
+    (hold,) = [e for e in d.effects if isinstance(e, Hold)]
+    assert hold.entry == HeldEntry(
+        target=machine.UNKNOWN_TARGET,
+        entry_id="mx1/QB",
+        state="H",
+        sender="alice@example.org",
+        rcpt="",
+        queue_id="QB",
+        host="mx1",
+        reason="550 5.2.2 mailbox full",
+        held_at=NOW,
+        srs=SRS,
+    )
+    assert (d.kind, d.reason, d.msg_ids, d.capped) == (
+        Kind.FAILURE,
+        "550 5.2.2 mailbox full",
+        (),
+        0,
+    )
+
+
+def test_kept_null_sender_entries_are_whole() -> None:
+    effects = machine.hold_null_sender(
+        [
+            ("bob@fwd.example", "bob@inner.example", "bob@mobile.example"),
+            ("eve@fwd.example", "eve@inner.example", ""),
+        ],
+        instance="mx1",
+        queue_id="QN",
+        msg_id="m9",
+        now=NOW,
+    )
+    assert [e.entry for e in effects if isinstance(e, Hold)] == [
+        HeldEntry(
+            target=target,
+            entry_id="mx1/QN",
+            state="N",
+            sender="",
+            rcpt=rcpt,
+            queue_id="QN",
+            host="mx1",
+            reason="null-sender mail held by the recipient's policy",
+            held_at=NOW,
+            msg_id="m9",
+            contact=contact,
+        )
+        for rcpt, target, contact in [
+            ("bob@fwd.example", "bob@inner.example", "bob@mobile.example"),
+            ("eve@fwd.example", "eve@inner.example", ""),
+        ]
+    ]

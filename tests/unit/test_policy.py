@@ -613,3 +613,400 @@ def test_a_forged_short_form_is_refused_at_rcpt() -> None:
     assert d.reply is replies.SRS_FORGED
     old = policy.decide_rcpt_srs(S, f"<{srs_addr}>", srs_addr, [], NOW + 40 * 86400)
     assert old.reply is replies.SRS_EXPIRED
+
+
+# -- MAIL FROM: the whole decision ---------------------------------------------------
+
+
+def test_an_spf_refusal_is_the_whole_decision_with_the_domains_explanation() -> None:
+    outcome = spf("fail")
+    d = policy.decide_mail(S, "alice@example.org", "h", outcome, now=NOW)
+    assert d == policy.MailDecision(
+        replies.SPF_FAIL.with_text(
+            "SPF check failed: the sender's domain does not permit this host"
+            " (example.org: fail explanation)"
+        ),
+        "U",
+        "alice@example.org",
+        None,
+        "mx.fwd.example; spf=fail smtp.mailfrom=alice@example.org",
+        outcome,
+    )
+
+
+def test_an_spf_refusal_without_explanation_or_domain() -> None:
+    bare = policy.decide_mail(S, "a@example.org", "h", SPFOutcome("fail", "mailfrom", "x"), now=NOW)
+    assert bare.reply == replies.SPF_FAIL
+    nameless = SPFOutcome("fail", "helo", "", "no such host")
+    d = policy.decide_mail(S, "a@example.org", "h", nameless, now=NOW)
+    assert d.reply is not None
+    assert d.reply.text == f"{replies.SPF_FAIL.text} (the sender: no such host)"
+
+
+def test_a_tempfail_action_on_a_permanent_result_is_a_451_saying_try_later() -> None:
+    strict = settings(spf_actions=ACTIONS | {"none": "tempfail"})
+    d = policy.decide_mail(strict, "a@example.org", "h", spf("none"), now=NOW)
+    assert d.reply == replies.Reply(
+        451,
+        "4.7.24",
+        "No SPF record for the sender's domain: refused by local policy; try again later"
+        " (example.org: none explanation)",
+    )
+
+
+def test_a_reject_action_on_a_temporary_result_is_a_550_without_try_later() -> None:
+    strict = settings(spf_actions=ACTIONS | {"temperror": "reject"})
+    d = policy.decide_mail(strict, "a@example.org", "h", spf("temperror"), now=NOW)
+    assert d.reply == replies.Reply(
+        550,
+        "5.7.24",
+        "SPF check could not be completed (DNS error) (example.org: temperror explanation)",
+    )
+    assert d.state == "U"
+
+
+def test_spf_pass_is_accepted_whatever_the_actions_table_says() -> None:
+    odd = settings(spf_actions=ACTIONS | {"pass": "reject"})
+    d = policy.decide_mail(odd, "a@example.org", "h", spf("pass"), now=NOW)
+    assert (d.reply, d.state) == (None, "B")
+
+
+def test_an_accepted_sender_decision_keeps_the_spf_outcome() -> None:
+    outcome = spf("softfail")
+    d = policy.decide_mail(S, "alice@example.org", "h", outcome, now=NOW)
+    assert d == policy.MailDecision(
+        None,
+        "U",
+        "alice@example.org",
+        S.srs.forward("alice@example.org", now=NOW),
+        "mx.fwd.example; spf=softfail smtp.mailfrom=alice@example.org",
+        outcome,
+    )
+
+
+def test_a_sender_that_cannot_be_rewritten_is_the_whole_decision() -> None:
+    outcome = spf("pass")
+    d = policy.decide_mail(S, '"a@b"@example.org', "h", outcome, now=NOW)
+    assert d == policy.MailDecision(
+        replies.BAD_ADDRESS,
+        "B",
+        '"a@b"@example.org',
+        None,
+        'mx.fwd.example; spf=pass smtp.mailfrom="\\"a@b\\"@example.org"',
+        outcome,
+    )
+
+
+@pytest.mark.parametrize(
+    ("sender", "prop"),
+    [
+        ("Alice.B+x@Example.org", "Alice.B+x@Example.org"),  # a token: as it is
+        ("a b@example.org", '"a b@example.org"'),
+        ('a"b\\c@example.org', '"a\\"b\\\\c@example.org"'),  # quoted-pair escapes
+    ],
+)
+def test_authentication_results_quote_what_is_not_a_token(sender: str, prop: str) -> None:
+    d = policy.decide_mail(S, sender, "h", spf("softfail"), now=NOW)
+    assert d.auth_results == f"mx.fwd.example; spf=softfail smtp.mailfrom={prop}"
+
+
+def test_an_empty_helo_is_a_quoted_empty_string() -> None:
+    d = policy.decide_mail(S, "", "", spf("none", "", "helo"), now=NOW)
+    assert d.auth_results == 'mx.fwd.example; spf=none smtp.helo=""'
+
+
+def test_is_trusted_reads_bracketed_and_ipv6_tagged_literals() -> None:
+    nets = (ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/32"))
+    assert policy.is_trusted("[192.0.2.9]", nets)
+    assert policy.is_trusted("IPv6:2001:db8::1", nets)
+    assert policy.is_trusted("[IPv6:2001:db8::1]", nets)
+
+
+@pytest.mark.parametrize(
+    ("value", "ident"),
+    [
+        ("(a comment first) MX.fwd.example; spf=pass", "mx.fwd.example"),
+        ("(c)mx.fwd.example; none", "mx.fwd.example"),
+        ("mx.fwd.example;spf=pass;dkim=none", "mx.fwd.example"),
+        ("", ""),
+        ("   ", ""),
+    ],
+)
+def test_authserv_id(value: str, ident: str) -> None:
+    assert policy.authserv_id(value) == ident
+
+
+# -- RCPT TO: the whole decision -------------------------------------------------------
+
+
+PARAMS = ["NOTIFY=FAILURE", "ORCPT=rfc822;bob@fwd.example"]
+
+
+def test_forwarding_decisions_name_the_recipient_as_given_and_its_entry() -> None:
+    m_u = mail(result="softfail")
+    cases = [
+        (
+            RcptInfo(None),
+            mail(),
+            RcptDecision("<X@fwd.example>", "refuse", replies.UNKNOWN_RECIPIENT),
+        ),
+        (
+            RcptInfo(replace(BOB, target="", moved_to="new@else.example")),
+            mail(),
+            RcptDecision(
+                "<X@fwd.example>",
+                "refuse",
+                replies.MOVED_RECIPIENT.with_text("User not local; please try <new@else.example>"),
+                forward=replace(BOB, target="", moved_to="new@else.example"),
+            ),
+        ),
+        (
+            RcptInfo(replace(BOB, target="")),
+            mail(),
+            RcptDecision(
+                "<X@fwd.example>",
+                "refuse",
+                replies.UNKNOWN_RECIPIENT,
+                forward=replace(BOB, target=""),
+            ),
+        ),
+        (
+            RcptInfo(replace(BOB, null_sender="hold")),
+            policy.decide_mail(S, "", "h", spf("pass", "h", "helo"), now=NOW),
+            RcptDecision(
+                "<X@fwd.example>",
+                "hold",
+                forward=replace(BOB, null_sender="hold"),
+                params=tuple(PARAMS),
+            ),
+        ),
+        (
+            RcptInfo(BOB, held=2),
+            m_u,
+            RcptDecision("<X@fwd.example>", "refuse", replies.TARGET_HELD, forward=BOB),
+        ),
+        (
+            RcptInfo(BOB),
+            m_u,
+            RcptDecision("<X@fwd.example>", "forward", forward=BOB, params=tuple(PARAMS)),
+        ),
+    ]
+    for info, m, expected in cases:
+        assert policy.decide_rcpt_forwarding(S, "<X@fwd.example>", info, m, PARAMS) == expected
+
+
+def test_srs_decisions_name_the_recipient_as_given() -> None:
+    srs_addr = S.srs.forward("alice@example.org", now=NOW)
+    ok = policy.decide_rcpt_srs(S, f"<{srs_addr}>", srs_addr, PARAMS, NOW)
+    assert ok == RcptDecision(
+        f"<{srs_addr}>", "reverse", srs=S.srs.parse(srs_addr, now=NOW), params=tuple(PARAMS)
+    )
+    forged = srs_addr.replace(srs_addr.split("=")[1], "AAAA")
+    old = S.srs.forward("alice@example.org", now=NOW - 30 * 86400)
+    broken = srs_addr.split("=")[0] + "=x@fwd.example"
+    for bare, reply in (
+        (forged, replies.SRS_FORGED),
+        (old, replies.SRS_EXPIRED),
+        (broken, replies.SRS_MALFORMED),
+    ):
+        assert policy.decide_rcpt_srs(S, f"<{bare}>", bare, PARAMS, NOW) == RcptDecision(
+            f"<{bare}>", "refuse", reply
+        )
+
+
+def test_an_srs_address_is_checked_at_the_time_given_not_the_clock() -> None:
+    long_ago = NOW - 400 * 86400
+    srs_addr = S.srs.forward("alice@example.org", now=long_ago)
+    d = policy.decide_rcpt_srs(S, srs_addr, srs_addr, [], long_ago + 60)
+    assert (d.action, d.reply) == ("reverse", None)
+
+
+def test_rcpt_groups() -> None:
+    assert policy.rcpt_group(srs_rcpt()) == "bounce"
+    assert policy.rcpt_group(kept_rcpt()) == "kept"
+    assert policy.rcpt_group(forward_rcpt()) == "relayed"
+    assert policy.rcpt_group(RcptDecision("<x@other.example>", "pass")) == "relayed"
+
+
+def test_a_split_recipient_keeps_its_forwarding_entry() -> None:
+    split = policy.decide_rcpt_split([srs_rcpt()], forward_rcpt())
+    assert split == RcptDecision(
+        "<bob@fwd.example>", "refuse", replies.SPLIT_TRANSACTION, forward=BOB
+    )
+
+
+# -- end of message: the whole decision ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "params", "expected"),
+    [
+        # ORCPT as the client gave it, NOTIFY beside it; nothing generated.
+        (
+            "<bob@fwd.example>",
+            ("NOTIFY=NEVER", "orcpt=rfc822;b@x"),
+            ("NOTIFY=NEVER", "orcpt=rfc822;b@x"),
+        ),
+        ("<bob@fwd.example>", ("ORCPT=rfc822;b@x", "RET=HDRS"), ("ORCPT=rfc822;b@x",)),
+        # Generated only for an address that needs no xtext (RFC 3461 4.2).
+        (
+            "<bob@fwd.example>",
+            ("notify=success",),
+            ("notify=success", "ORCPT=rfc822;bob@fwd.example"),
+        ),
+        ("<bob+x@fwd.example>", (), ()),
+        ("<bob=x@fwd.example>", (), ()),
+        ('<"bob x"@fwd.example>', (), ()),
+        ("<bøb@fwd.example>", (), ()),
+    ],
+)
+def test_replacement_recipient_parameters(
+    rcpt: str, params: tuple[str, ...], expected: tuple[str, ...]
+) -> None:
+    r = RcptDecision(rcpt, "forward", forward=BOB, params=params)
+    d = policy.decide_eom(S, tx(mail(), r))
+    assert d.addrcpt == (("<bob@inner.example>", expected),)
+
+
+def test_a_loop_refusal_logs_its_count() -> None:
+    ours = "fwd.example; id=a; by=mx.fwd.example"
+    d = policy.decide_eom(S, tx(mail(), forward_rcpt(), trace_values=(ours,) * 3))
+    assert d == policy.EomDecision(
+        reply=replies.LOOP, log=(("state", "B"), ("action", "reject-loop"), ("loops", "3"))
+    )
+
+
+def test_a_forward_is_the_whole_decision() -> None:
+    m = mail(result="softfail")
+    d = policy.decide_eom(S, tx(m, forward_rcpt(), own_auth_results=(2,)))
+    assert d.log == (
+        ("state", "U"),
+        ("srs", f"<{m.srs_sender}>"),
+        ("action", "forward"),
+        ("trace", "m1"),
+    )
+    assert d.del_headers == ((policy.AUTH_RESULTS_HEADER, 2),)
+    assert (d.reply, d.discard, d.quarantine) == (None, False, "")
+
+
+def test_mail_passed_untouched_is_the_whole_decision() -> None:
+    m = mail()
+    d = policy.decide_eom(
+        S, tx(m, RcptDecision("<x@other.example>", "pass"), own_auth_results=(1,))
+    )
+    assert d == policy.EomDecision(
+        add_headers=((policy.AUTH_RESULTS_HEADER, m.auth_results),),
+        del_headers=((policy.AUTH_RESULTS_HEADER, 1),),
+        log=(("state", "B"), ("action", "pass")),
+    )
+
+
+def test_kept_null_sender_mail_is_the_whole_decision() -> None:
+    m = policy.decide_mail(S, "", "mx.example.org", spf("pass", "mx.example.org", "helo"), now=NOW)
+    kept = RcptDecision("<Bob@FWD.example>", "hold", forward=replace(BOB, null_sender="hold"))
+    d = policy.decide_eom(S, tx(m, kept, own_auth_results=(1,)))
+    assert d == policy.EomDecision(
+        quarantine="fwdmilter: null-sender mail held by the recipient's policy",
+        add_headers=((policy.AUTH_RESULTS_HEADER, m.auth_results),),
+        del_headers=((policy.AUTH_RESULTS_HEADER, 1),),
+        effects=machine.hold_null_sender(
+            [("bob@fwd.example", "bob@inner.example", "bob@mobile.example")],
+            instance="mx.fwd.example",
+            queue_id="QID1",
+            msg_id="m1",
+            now=NOW,
+        ),
+        log=(("state", "U"), ("action", "hold-null-sender")),
+    )
+    (entry,) = d.holds
+    assert (entry.host, entry.queue_id, entry.msg_id, entry.held_at) == (
+        "mx.fwd.example",
+        "QID1",
+        "m1",
+        NOW,
+    )
+
+
+def test_a_held_bounce_is_the_whole_decision() -> None:
+    t, _ = bounce_tx("U", own_auth_results=(1,))
+    d = policy.decide_eom(S, t)
+    reason = d.holds[0].reason
+    assert d.quarantine == "fwdmilter: bounce held, sender not verified: " + reason
+    assert d.log == (
+        ("state", "U"),
+        ("kind", "failure"),
+        ("action", "hold"),
+        ("trace", "abcdefgh23456789"),
+        ("reason", reason),
+    )
+    assert d.del_headers == ((policy.AUTH_RESULTS_HEADER, 1),)
+    assert d.add_headers == ((policy.AUTH_RESULTS_HEADER, t.mail.auth_results),)
+    assert (d.discard, d.reply, d.delrcpt, d.addrcpt) == (False, None, (), ())
+
+
+def test_a_delivered_bounce_logs_no_reason_and_keeps_the_header_removal() -> None:
+    t, _ = bounce_tx("B", own_auth_results=(1,))
+    d = policy.decide_eom(S, t)
+    assert d.log == (
+        ("state", "U"),
+        ("kind", "failure"),
+        ("action", "reverse"),
+        ("trace", "abcdefgh23456789"),
+    )
+    assert d.del_headers == ((policy.AUTH_RESULTS_HEADER, 1),)
+    assert d.quarantine == "" and not d.discard
+
+
+def test_a_discarded_notice_is_the_whole_decision() -> None:
+    t, _ = bounce_tx("U", "delayed.eml")
+    d = policy.decide_eom(S, t)
+    assert d.quarantine == "" and d.discard
+    assert d.log == (
+        ("state", "U"),
+        ("kind", "delay"),
+        ("action", "discard"),
+        ("trace", "abcdefgh23456789"),
+        ("reason", "delivery status: delay"),
+    )
+
+
+def test_a_bounce_naming_more_targets_than_the_cap_logs_how_many_it_left() -> None:
+    t, srs_addr = bounce_tx(None)
+    key = srs_addr.lower()
+    many = [
+        MessageRecord(
+            key,
+            f"m{i}.0",
+            f"m{i}",
+            "U",
+            "alice@example.org",
+            "bob@fwd.example",
+            f"t{i}@inner.example",
+            NOW,
+            "mx.fwd.example",
+        )
+        for i in range(4)
+    ]
+    d = policy.decide_eom(settings(max_entries_per_bounce=3), replace(t, records={key: many}))
+    assert len(d.holds) == 3
+    assert dict(d.log)["capped"] == "1"
+    assert "capped" not in dict(policy.decide_eom(S, replace(t, records={key: many})).log)
+
+
+def test_mail_to_an_srs_address_with_no_classification_and_no_records() -> None:
+    # The shell always classifies; without it the mail is "other" (not
+    # read), and an address nobody recorded has no records at all.
+    t, srs_addr = bounce_tx("U", raw_name=None)
+    d = policy.decide_eom(S, t)
+    assert d.reply is replies.SRS_REPLY_REFUSED
+    assert d.log == (
+        ("state", "U"),
+        ("kind", "other"),
+        ("action", "reject"),
+        ("trace", "abcdefgh23456789"),
+        ("reason", "not read"),
+    )
+    failed, _ = bounce_tx(None)
+    d = policy.decide_eom(S, replace(failed, records={}))
+    (entry,) = d.holds
+    assert (entry.target, entry.srs) == (machine.UNKNOWN_TARGET, srs_addr.lower())

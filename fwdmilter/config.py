@@ -345,8 +345,6 @@ class WebSettings:
     signin_per_client: int = field(default=20, metadata=_at_least(1))
     #: API tokens a recipient may hold at once.
     max_api_tokens: int = field(default=10, metadata=_at_least(1, 1000))
-    #: Recipients may ask for their held mail to be sent again.
-    recipient_requeue: bool = False
     #: TLS without a reverse proxy: PEM certificate chain and key (both or neither).
     tls_cert_file: str = ""
     tls_key_file: str = ""

@@ -362,7 +362,6 @@ def build_routes(web: Web) -> list[Route | Mount]:  # noqa: PLR0915 (closures ov
                 "error": error,
                 "new_token": new_token,
                 "tokens": [{"name": t.name, "created": _when(t.created)} for t in tokens],
-                "requeue": cfg.web.recipient_requeue,
             },
             status,
         )

@@ -150,7 +150,8 @@ def capabilities(cfg: Config) -> dict[str, Any]:
             "policy": "bounces of unverified mail are held, never sent to the sender;"
             " the target's unverified mail is deferred until the held mail is requeued",
             "retention_days": cfg.held.retention_days,
-            "recipient_requeue": cfg.web.recipient_requeue,
+            # Requeue needs the SRS secrets, which this service never has.
+            "recipient_requeue": False,
         },
         "targets_confirmed": True,
         "confirm_hours": cfg.web.confirm_hours,

@@ -238,10 +238,6 @@ MEANINGS: Final[dict[str, str]] = {
         "Sign-in requests taken per client IP address per hour; more get `429`."
     ),
     "web.max_api_tokens": "API tokens one recipient may hold at once.",
-    "web.recipient_requeue": (
-        "Recipients may send their held mail again from the web page or the API"
-        " (as `fwdctl held requeue --target` does). Off: only the admin requeues."
-    ),
     "web.tls_cert_file": (
         "PEM certificate chain for serving HTTPS directly; empty: plain HTTP behind a"
         " reverse proxy that does TLS."

@@ -23,7 +23,7 @@ import pytest
 from fwdmilter.config import StoreSettings
 from fwdmilter.confirm import digest
 from fwdmilter.store import open_store
-from fwdmilter.store.base import Store, WebToken
+from fwdmilter.store.base import HeldEntry, Store, WebToken
 from tests.harness.fwdmilter_proc import FwdMilter
 from tests.harness.mail_fixtures import BorderFactory, MailWorld
 from tests.harness.postfix import PostfixInstance, RuntimeDir
@@ -477,9 +477,7 @@ def test_sign_in_mails_are_limited_per_address_and_requests_per_client(w: World)
         for _ in range(PER_CLIENT + 1)
     ]
     assert codes == [202] * PER_CLIENT + [429]
-    assert (
-        w.client("127.8.1.10").post("/api/v1/sign-in", json={"address": rcpt}).status_code == 202
-    )
+    assert w.client("127.8.1.10").post("/api/v1/sign-in", json={"address": rcpt}).status_code == 202
 
 
 def test_what_a_user_typed_is_escaped_in_pages(w: World) -> None:
@@ -525,3 +523,36 @@ def test_store_token_rows_hold_digests_only(w: World) -> None:
         expires=token.expires,
     )
     assert 71.9 * 3600 < token.expires - token.created <= 72 * 3600
+
+
+def test_held_mail_for_the_target_is_shown_with_when_why_and_discard_date(w: World) -> None:
+    rcpt, target = new_pair()
+    w.fm.fwdctl("forward", "set", rcpt, target)
+    held_at = time.time() - 3 * 86400
+    w.store.hold(
+        HeldEntry(
+            target=target,
+            entry_id="border/4AbCdE",
+            state="H",
+            sender=f"s{unique()}@softfail.example",
+            rcpt=rcpt,
+            queue_id="4AbCdE",
+            host="border",
+            reason="550 5.2.2 mailbox full",
+            held_at=held_at,
+        )
+    )
+    c = w.client()
+    sign_in(w, c, rcpt, target)
+    page = c.get("/me").text
+    assert "550 5.2.2 mailbox full" in page and "3 days" in page
+    discard = time.strftime("%Y-%m-%d", time.gmtime(held_at + 30 * 86400))
+    assert discard in page
+    token = api_token(w, c)
+    [held] = c.get(f"/api/v1/forwards/{rcpt}", headers={"Authorization": f"Bearer {token}"}).json()[
+        "held"
+    ]
+    assert held["reason"] == "550 5.2.2 mailbox full" and held["state"] == "H"
+    assert held["discard_at"] == held_at + 30 * 86400
+    assert 3 * 86400 - 5 < held["age_seconds"] < 3 * 86400 + 60
+    w.store.drop(target, "border/4AbCdE")

@@ -41,7 +41,7 @@ def view(cfg: Config, store: Store, fwd: Forward, now: float) -> dict[str, Any]:
     retention = cfg.held.retention_days * 86400
     held = []
     if fwd.target:
-        for e in store.held(target=fwd.target):
+        for e in store.held(target=addr.key(fwd.target)):
             held.append(
                 {
                     "id": e.entry_id,
@@ -103,8 +103,13 @@ def update(
             raise BadRequest(
                 f"target {target} is itself a forwarding address here: give the final mailbox"
             )
-        if addr.key(target) == addr.key(fwd.target) and not fwd.pending:
-            target = ""  # nothing to confirm
+        if addr.key(target) == addr.key(fwd.target):
+            # The target it has: nothing to confirm, and a pending change is
+            # withdrawn.
+            target = ""
+            if fwd.pending:
+                new = dataclasses.replace(new, pending="", pending_expires=0.0)
+                store.delete_tokens("confirm", fwd.rcpt)
     if new != fwd:
         new = dataclasses.replace(new, updated=now)
         store.put_forward(new)

@@ -345,7 +345,11 @@ def test_api_get_patch_delete_with_a_bearer_token(w: World) -> None:
     new = target.replace("alice+", "erin+")
     r = api.patch(f"/forwards/{rcpt}", json={"target": new})
     assert r.json()["target"] == target and r.json()["pending"]["target"] == new
-    confirm_link(w, rcpt, new)
+    link = confirm_link(w, rcpt, new)
+    # Asking for the target it has withdraws the pending one, and its link.
+    r = api.patch(f"/forwards/{rcpt}", json={"target": target})
+    assert r.json()["target"] == target and r.json()["pending"] is None
+    assert w.client().get(link).status_code == 404
     moved = f"m{unique()}@elsewhere.example"
     r = api.request("DELETE", f"/forwards/{rcpt}", json={"moved_to": moved})
     assert r.json() == {"address": rcpt, "deleted": True, "moved_to": moved}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import http.client
 import re
+import ssl
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -73,7 +74,9 @@ class FwdWeb:
     def url(self, path: str) -> str:
         return self.base_url.rstrip("/") + path
 
-    def start(self) -> None:
+    def start(self, ca_file: str | None = None) -> None:
+        """Start and wait until it answers (over TLS checked with ``ca_file``)."""
+        self.ca_file = ca_file
         self.config_path.write_text(toml(self.settings))
         self.proc = Process(
             [sys.executable, "-m", "fwdweb.app", "--config", str(self.config_path)],
@@ -87,7 +90,14 @@ class FwdWeb:
             if not proc.alive():
                 raise RuntimeError("fwdmilter-web died at start:\n" + self.log())
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+                conn: http.client.HTTPConnection
+                if self.base_url.startswith("https://"):
+                    ctx = ssl.create_default_context(cafile=self.ca_file)
+                    conn = http.client.HTTPSConnection(
+                        "127.0.0.1", self.port, timeout=1, context=ctx
+                    )
+                else:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
                 conn.request("GET", "/api/v1/capabilities")
                 ok = conn.getresponse().status == 200
                 conn.close()

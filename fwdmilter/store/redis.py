@@ -105,6 +105,12 @@ _TEMPORARY_REPLIES: Final = frozenset(
     }
 )
 
+#: Versions whose data the next version reads as it is (it only added hash
+#: fields that read as empty when missing, and keys of its own): opening
+#: such data just records the new version.
+#: 1 -> 2: a forward's pending target, and the web service's tokens.
+_NOTHING_TO_REWRITE: Final = frozenset({1})
+
 #: How many recipients' targets rcpt_info remembers (the steady-state budget).
 DEFAULT_CACHE_SIZE: Final = 10_000
 #: Keys read per SCAN and per pipeline when walking the whole store.
@@ -462,9 +468,9 @@ class RedisStore(Store):
                 f" written by a newer fwdmilter; this one knows version {SCHEMA_VERSION}."
                 " Upgrade fwdmilter on this host (or give it another store.prefix)."
             )
-        if version == 1 and SCHEMA_VERSION == 2:
-            # Version 2 added fields to forwards that read as empty when
-            # missing, and keys of their own (web tokens): nothing to rewrite.
+        if version < SCHEMA_VERSION and all(
+            v in _NOTHING_TO_REWRITE for v in range(version, SCHEMA_VERSION)
+        ):
             self._trip()
             self._client.set(self.schema_key, SCHEMA_VERSION)
             version = SCHEMA_VERSION

@@ -2,6 +2,7 @@
 
     fwdctl [--config PATH] srs forward|reverse [ADDR...]
     fwdctl forward set RCPT TARGET [--contact ADDR] [--null-sender forward|hold]
+                                   [--confirm | --no-confirm]
     fwdctl forward show RCPT [--json]
     fwdctl forward list [--json]
     fwdctl forward delete RCPT [--moved-to ADDR]
@@ -24,6 +25,7 @@ standard error); 2 the configuration, the store or the MTA cannot be used.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -111,7 +113,7 @@ def _check_address(value: str, what: str) -> str:
 
 
 def _forward_dict(f: Forward) -> dict[str, Any]:
-    return asdict(f) | {"active": f.active}
+    return asdict(f) | {"active": f.active, "pending_active": bool(f.pending_at(time.time()))}
 
 
 def _forward_line(f: Forward) -> str:
@@ -119,7 +121,10 @@ def _forward_line(f: Forward) -> str:
         return f"{f.rcpt}  moved to {f.moved_to}"
     extra = f"  contact={f.contact}" if f.contact else ""
     extra += "  null-sender=hold" if f.null_sender == "hold" else ""
-    return f"{f.rcpt} -> {f.target}{extra}"
+    if f.pending:
+        state = "pending" if f.pending_expires > time.time() else "expired"
+        extra += f"  {state}={f.pending} (until {_when(f.pending_expires)})"
+    return f"{f.rcpt} -> {f.target or '(none)'}{extra}"
 
 
 def cmd_forward(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -155,16 +160,35 @@ def cmd_forward(args: argparse.Namespace, cfg: config.Config) -> int:
                 )
             now = time.time()
             old = store.get_forward(rcpt)
-            store.put_forward(
-                Forward(
-                    rcpt=rcpt,
-                    target=target,
-                    contact=contact if args.contact is not None else (old.contact if old else ""),
-                    null_sender=args.null_sender or (old.null_sender if old else "forward"),
-                    created=old.created if old else now,
-                    updated=now,
-                )
+            confirm = cfg.forwarding.confirm_targets if args.confirm is None else args.confirm
+            live = old if old is not None and not old.moved_to else None
+            new = Forward(
+                rcpt=rcpt,
+                target=target,
+                contact=contact if args.contact is not None else (old.contact if old else ""),
+                null_sender=args.null_sender or (old.null_sender if old else "forward"),
+                created=old.created if old else now,
+                updated=now,
             )
+            if confirm and not (live is not None and live.target == target):
+                # The target mail keeps going to until the new one confirms.
+                kept = live.target if live is not None else ""
+                from fwdmilter import confirm as confirming  # noqa: PLC0415
+
+                pending = confirming.request_target(
+                    store,
+                    cfg,
+                    rcpt,
+                    target,
+                    requested_by="admin",
+                    now=now,
+                    base=dataclasses.replace(new, target=kept),
+                )
+                print(_forward_line(pending))
+                return EXIT_OK
+            store.put_forward(new)
+            if live is not None and live.pending:
+                store.delete_tokens("confirm", rcpt)
             print(_forward_line(store.get_forward(rcpt) or Forward(rcpt, target)))
             return EXIT_OK
         if sub == "show":
@@ -385,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--null-sender",
         choices=("forward", "hold"),
         help="what to do with bounces (null sender) for RCPT (default: forward)",
+    )
+    p.add_argument(
+        "--confirm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mail TARGET a confirmation link; forward to it only once confirmed"
+        " (default: forwarding.confirm_targets)",
     )
     p = fwd_sub.add_parser("show", help="show one forwarding address")
     p.add_argument("rcpt", metavar="RCPT")

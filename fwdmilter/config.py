@@ -41,6 +41,7 @@ __all__ = [
     "SRSSettings",
     "StoreSettings",
     "TrustedSettings",
+    "WebSettings",
     "load",
     "loads",
     "mask_url",
@@ -211,6 +212,9 @@ class ForwardingSettings:
     """[forwarding]: which recipients the forwarding table owns."""
 
     domains: tuple[str, ...] = field(default=(), metadata=_check(_domains))
+    #: New forwards wait for their target's confirmation (fwdctl forward set
+    #: --confirm is the default); the web service always asks for it.
+    confirm_targets: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +321,42 @@ class MetricsSettings:
     listen: str = field(default="", metadata=_check(lambda v: None if not v else _host_port(v)))
 
 
+def _base_url(value: Any) -> str | None:
+    if not value:
+        return None
+    if not value.startswith(("https://", "http://")) or any(c.isspace() for c in value):
+        return f"must be an http:// or https:// URL, not {value!r}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """[web]: the recipients' web service, fwdmilter-web (docs/web.md)."""
+
+    listen: str = field(default="127.0.0.1:8025", metadata=_check(_host_port))
+    #: The URL the links in its mails start with (where a browser reaches it).
+    base_url: str = field(default="", metadata=_check(_base_url))
+    #: Envelope and From: sender of its mails; empty: postmaster@srs.domain.
+    mail_from: str = ""
+    #: Hours a confirmation link (and the pending target it confirms) lives.
+    confirm_hours: float = field(default=72.0, metadata=_at_least(0.01, 24.0 * 30))
+    #: Minutes a sign-in link lives.
+    signin_minutes: float = field(default=30.0, metadata=_at_least(0.1, 24.0 * 60))
+    #: Minutes a signed-in session lives.
+    session_minutes: float = field(default=60.0, metadata=_at_least(1.0, 24.0 * 60 * 7))
+    #: Sign-in mails per forwarding address per hour.
+    signin_per_address: int = field(default=3, metadata=_at_least(1))
+    #: Sign-in requests per client IP address per hour.
+    signin_per_client: int = field(default=20, metadata=_at_least(1))
+    #: API tokens a recipient may hold at once.
+    max_api_tokens: int = field(default=10, metadata=_at_least(1, 1000))
+    #: TLS without a reverse proxy: PEM certificate chain and key (both or neither).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: Proxies (IP addresses) whose X-Forwarded-For is believed for rate limits.
+    trusted_proxies: tuple[str, ...] = field(default=("127.0.0.1",), metadata=_check(_ips))
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; each attribute is one TOML table."""
@@ -332,6 +372,7 @@ class Config:
     held: HeldSettings = field(default_factory=HeldSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     #: Where this configuration was read from ("" if from a string).
     path: str = ""
 
@@ -438,6 +479,11 @@ def _cross_checks(cfg: Config) -> None:
         )
 
 
+def _web_checks(cfg: Config) -> None:
+    if bool(cfg.web.tls_cert_file) != bool(cfg.web.tls_key_file):
+        raise ConfigError("web.tls_cert_file: needs web.tls_key_file too, and the reverse")
+
+
 def loads(text: str, path: str = "") -> Config:
     """Parse a configuration from TOML text."""
     try:
@@ -452,6 +498,7 @@ def loads(text: str, path: str = "") -> Config:
         sections[name] = _section(name, _SECTIONS[name], table)
     cfg = Config(**sections, path=path)
     _cross_checks(cfg)
+    _web_checks(cfg)
     return cfg
 
 

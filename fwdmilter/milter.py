@@ -344,7 +344,9 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
             rt.metrics.srs("reverse" if decision.reply is None else "refused")
         elif kind is policy.RcptKind.FORWARDING:
             info = self._rcpt_info(bare)
-            decision = policy.decide_rcpt_forwarding(rt.settings, to, info, mail, params)
+            decision = policy.decide_rcpt_forwarding(
+                rt.settings, to, info, mail, params, now=time.time()
+            )
         else:
             decision = policy.RcptDecision(to, "pass", params=tuple(params))
         if decision.reply is None:

@@ -280,10 +280,16 @@ def decide_rcpt_srs(
 
 
 def decide_rcpt_forwarding(
-    s: Settings, rcpt: str, info: RcptInfo, mail: MailDecision, params: Sequence[str]
+    s: Settings,
+    rcpt: str,
+    info: RcptInfo,
+    mail: MailDecision,
+    params: Sequence[str],
+    now: float | None = None,
 ) -> RcptDecision:
     """A recipient in a forwarding domain, with its table entry and its
-    target's held count."""
+    target's held count. ``now`` decides whether a pending target has
+    expired (None: a pending target counts whatever its age)."""
     fwd = info.forward
     if fwd is None:
         return RcptDecision(rcpt, "refuse", replies.UNKNOWN_RECIPIENT)
@@ -293,6 +299,13 @@ def decide_rcpt_forwarding(
             rcpt, "refuse", reply.with_text(reply.text.format(moved_to=fwd.moved_to)), forward=fwd
         )
     if not fwd.active:
+        # A first target that its owner has not confirmed yet: the sender
+        # retries while the confirmation link is valid (docs/web.md).
+        pending = fwd.pending_at(now) if now is not None else fwd.pending
+        if pending:
+            return RcptDecision(rcpt, "refuse", replies.TARGET_PENDING, forward=fwd)
+        if fwd.pending:
+            return RcptDecision(rcpt, "refuse", replies.TARGET_UNCONFIRMED, forward=fwd)
         return RcptDecision(rcpt, "refuse", replies.UNKNOWN_RECIPIENT, forward=fwd)
     if mail.sender == "" and fwd.null_sender == "hold":
         return RcptDecision(rcpt, "hold", forward=fwd, params=tuple(params))

@@ -99,6 +99,16 @@ SPLIT_TRANSACTION = temporary(
     "4.5.3",
     "Too many recipients for one transaction: send this recipient in a new transaction",
 )
+# A forwarding address whose first target awaits its owner's confirmation
+# (fwdweb): the mailbox exists but does not take mail yet (RFC 3463 X.2.1).
+TARGET_PENDING = temporary(
+    450,
+    "4.2.1",
+    "This forwarding address waits for its owner to confirm its new target; try again later",
+)
+TARGET_UNCONFIRMED = permanent(
+    550, "5.2.1", "This forwarding address has no target: its owner never confirmed one"
+)
 
 # -- end of message -------------------------------------------------------------
 

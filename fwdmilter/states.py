@@ -70,6 +70,11 @@ class Forward:
     An entry with ``moved_to`` set is a deleted recipient: mail for it is
     refused with 551 and the new address (RFC 5321 section 3.4). Its
     ``target`` is then empty.
+
+    ``pending`` is a new target that waits for its owner's confirmation
+    until ``pending_expires`` (Unix time): mail keeps going to ``target``
+    meanwhile, and an entry with no ``target`` but a pending one is answered
+    4xx (the recipient is about to confirm, the sender should retry).
     """
 
     rcpt: str
@@ -79,11 +84,19 @@ class Forward:
     moved_to: str = ""
     created: float = 0.0
     updated: float = 0.0
+    pending: str = ""
+    pending_expires: float = 0.0
 
     @property
     def active(self) -> bool:
         """True if mail for ``rcpt`` is forwarded (not a moved recipient)."""
         return bool(self.target) and not self.moved_to
+
+    def pending_at(self, now: float) -> str:
+        """The target awaiting confirmation at ``now``, or ""."""
+        if self.pending and not self.moved_to and self.pending_expires > now:
+            return self.pending
+        return ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,11 @@ MEANINGS: Final[dict[str, str]] = {
         " in the table (`fwdctl forward set`) is refused with `550 5.1.1`. Senders in"
         " these domains and in `srs.domain` are never rewritten."
     ),
+    "forwarding.confirm_targets": (
+        "New forwards wait until their target confirms them from a mailed link"
+        " (`fwdctl forward set --confirm` becomes the default; `--no-confirm` overrides)."
+        " Needs `web.base_url` and a running fwdmilter-web ([web.md](web.md))."
+    ),
     "spf.fail": (
         "What to do with mail whose SPF result at MAIL FROM is `fail`: `reject` (`550"
         " 5.7.23`), `tempfail` (`451 4.7.24`) or `accept` (the message is U)."
@@ -219,10 +224,48 @@ MEANINGS: Final[dict[str, str]] = {
         "`HOST:PORT` of a Prometheus endpoint (needs the `metrics` extra); empty: none"
         " ([operations.md](operations.md#metrics))."
     ),
+    "web.listen": (
+        "`HOST:PORT` where fwdmilter-web listens; keep it on loopback behind a reverse"
+        " proxy ([web.md](web.md#tls-and-the-reverse-proxy)). Takes a restart."
+    ),
+    "web.base_url": (
+        "The URL a recipient's browser reaches the web service at (`https://fwd.example.net`):"
+        " every link the service mails starts with it, and an `https://` URL makes its"
+        " cookies `Secure`. Must be set for `fwdmilter-web` and `--confirm`."
+    ),
+    "web.mail_from": (
+        "Envelope and `From:` sender of the service's mails; empty: `postmaster@` the"
+        " SRS domain."
+    ),
+    "web.confirm_hours": (
+        "How long a confirmation link, and the pending target it confirms, stays valid."
+        " After it the pending target is dropped (a forward with no other target then"
+        " refuses mail with `550 5.2.1`)."
+    ),
+    "web.signin_minutes": "How long a mailed sign-in link stays valid (it works once).",
+    "web.session_minutes": "How long a browser stays signed in after using a sign-in link.",
+    "web.signin_per_address": (
+        "Sign-in mails sent per forwarding address per hour; more requests are answered"
+        " the same and send nothing (nobody can mail-bomb a target through the service)."
+    ),
+    "web.signin_per_client": (
+        "Sign-in requests taken per client IP address per hour; more get `429`."
+    ),
+    "web.max_api_tokens": "API tokens one recipient may hold at once.",
+    "web.tls_cert_file": (
+        "PEM certificate chain for serving HTTPS directly; empty: plain HTTP behind a"
+        " reverse proxy that does TLS."
+    ),
+    "web.tls_key_file": "The private key of `web.tls_cert_file`.",
+    "web.trusted_proxies": (
+        "Addresses of reverse proxies whose `X-Forwarded-For` header names the client"
+        " (for the per-client rate limit)."
+    ),
 }
 
 _TYPE_NAMES: Final[dict[Any, str]] = {
     str: "string",
+    bool: "boolean",
     int: "integer",
     float: "number",
     tuple[str, ...]: "list of strings",
@@ -241,6 +284,7 @@ def _toml(value: Any) -> str:
 
 _BAD: Final[dict[Any, Any]] = {
     str: "\x00 bad",
+    bool: None,
     int: -(10**9),
     float: -1e9,
     tuple[str, ...]: ("\x00 bad",),
@@ -337,6 +381,15 @@ REPLY_MEANINGS: Final[dict[str, str]] = {
     ),
     "SRS_EXPIRED": "RCPT, a bounce to an SRS address older than `srs.max_age_days`.",
     "SRS_MALFORMED": "RCPT, an address at the SRS domain that looks like SRS but does not parse.",
+    "TARGET_PENDING": (
+        "RCPT, a forwarding address whose first target has not been confirmed yet: the"
+        " confirmation link was mailed to the target ([web.md](web.md)). The client retries;"
+        " once the owner confirms, mail goes through."
+    ),
+    "TARGET_UNCONFIRMED": (
+        "RCPT, a forwarding address whose only target was never confirmed before its link"
+        " expired (`web.confirm_hours`). The owner must ask again."
+    ),
     "TARGET_HELD": (
         "RCPT, mail from an unverified sender (U) for a forwarding address whose target"
         " has held or requeued mail. The client retries; once the admin requeued the"

@@ -20,6 +20,8 @@ from fwdmilter.store.base import (
     MessageRecord,
     MessageState,
     NullSenderPolicy,
+    WebToken,
+    WebTokenKind,
 )
 
 __all__ = [
@@ -35,6 +37,10 @@ __all__ = [
     "held_from",
     "record_fields",
     "record_from",
+    "WEB_TOKEN_FIELDS",
+    "check_token_kind",
+    "token_fields",
+    "token_from",
 ]
 
 FORWARD_FIELDS: Final = (
@@ -45,6 +51,8 @@ FORWARD_FIELDS: Final = (
     "moved_to",
     "created",
     "updated",
+    "pending",
+    "pending_expires",
 )
 MESSAGE_FIELDS: Final = (
     "srs",
@@ -95,6 +103,8 @@ def forward_fields(f: Forward) -> dict[str, str]:
         "moved_to": f.moved_to,
         "created": _num(f.created),
         "updated": _num(f.updated),
+        "pending": f.pending,
+        "pending_expires": _num(f.pending_expires),
     }
 
 
@@ -187,6 +197,8 @@ def forward_from(data: Mapping[str, object], where: str) -> Forward:
         moved_to=r.text("moved_to", ""),
         created=r.number("created", 0.0),
         updated=r.number("updated", 0.0),
+        pending=r.text("pending", ""),
+        pending_expires=r.number("pending_expires", 0.0),
     )
 
 
@@ -232,3 +244,40 @@ def check_state(state: str) -> None:
     """ValueError unless ``state`` is a message state (a caller's bug)."""
     if state not in MESSAGE_STATES:
         raise ValueError(f"not a message state: {state!r}")
+
+
+# -- web tokens (fwdweb) -------------------------------------------------------------
+
+WEB_TOKEN_FIELDS: Final = ("kind", "digest", "rcpt", "name", "data", "created", "expires")
+WEB_TOKEN_KINDS: Final[frozenset[str]] = frozenset({"confirm", "signin", "session", "api"})
+
+
+def token_fields(t: WebToken) -> dict[str, str]:
+    return {
+        "kind": t.kind,
+        "digest": t.digest,
+        "rcpt": t.rcpt,
+        "name": t.name,
+        "data": t.data,
+        "created": _num(t.created),
+        "expires": _num(t.expires),
+    }
+
+
+def token_from(data: Mapping[str, object], where: str) -> WebToken:
+    r = _Reader(data, where)
+    return WebToken(
+        kind=cast(WebTokenKind, r.choice("kind", WEB_TOKEN_KINDS)),
+        digest=r.text("digest"),
+        rcpt=r.text("rcpt"),
+        name=r.text("name", ""),
+        data=r.text("data", ""),
+        created=r.number("created", 0.0),
+        expires=r.number("expires", 0.0),
+    )
+
+
+def check_token_kind(kind: str) -> None:
+    """ValueError unless ``kind`` is a web token kind (a caller's bug)."""
+    if kind not in WEB_TOKEN_KINDS:
+        raise ValueError(f"not a web token kind: {kind!r}")

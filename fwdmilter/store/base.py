@@ -18,6 +18,11 @@ to that address is refused anyway. A record says whether the message is
 B (bouncable), U (unbouncable) or R (requeued by the admin), so that a bounce
 coming back can be told apart.
 
+*Web tokens* and *rate counters* (the recipient's web service, fwdweb):
+pending target confirmations, sign-in links, sessions and API tokens, each
+kept only as the SHA-256 of the token, and counters of fixed time windows
+that limit how often a sign-in link is mailed.
+
 *Held entries*, one per bounce held in the MTA's queue, grouped by target,
 with per-target counters of H (held) and R (requeued, not yet delivered)
 entries. While a target's counters are not both zero, U mail for it is
@@ -57,7 +62,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 from fwdmilter.states import (
     EntryState,
@@ -80,15 +85,44 @@ __all__ = [
     "HeldState",
     "NullSenderPolicy",
     "SCHEMA_VERSION",
+    "WebToken",
+    "WebTokenKind",
 ]
 
 #: Version of the stored data's layout; a backend refuses data of a newer one
 #: and migrates older data forward when it opens.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 #: The names the store used before the types moved to :mod:`fwdmilter.states`.
 MessageState = RecordState
 HeldState = EntryState
+#: confirm: a pending target's confirmation link; signin: a sign-in link;
+#: session: a signed-in browser; api: a recipient's named API token.
+WebTokenKind = Literal["confirm", "signin", "session", "api"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebToken:
+    """A token of the recipient's web service, stored as its SHA-256 only.
+
+    ``digest`` is the hex SHA-256 of the secret the user holds (the link in
+    a mail, the session cookie, the API token): the store never sees the
+    secret. ``name`` is the API token's name, or the target a confirmation
+    is for; ``data`` is free text for the web service (a session's CSRF
+    secret's digest, the address that asked). ``expires`` is Unix time
+    (0: never, for API tokens until revoked).
+    """
+
+    kind: WebTokenKind
+    digest: str
+    rcpt: str
+    name: str = ""
+    data: str = ""
+    created: float = 0.0
+    expires: float = 0.0
+
+    def valid_at(self, now: float) -> bool:
+        return self.expires == 0.0 or self.expires > now
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +254,37 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def held_counts(self, target: str) -> tuple[int, int]:
         """(H, R) for ``target``."""
+
+    # -- the recipient's web service (fwdweb) -----------------------------------
+
+    @abc.abstractmethod
+    def put_token(self, token: WebToken) -> None:
+        """Store ``token`` (replacing one of the same kind and digest); it
+        disappears by itself once expired."""
+
+    @abc.abstractmethod
+    def get_token(self, kind: WebTokenKind, digest: str, now: float) -> WebToken | None:
+        """The unexpired token of ``kind`` with ``digest``, or None."""
+
+    @abc.abstractmethod
+    def take_token(self, kind: WebTokenKind, digest: str, now: float) -> WebToken | None:
+        """Remove and return the unexpired token, atomically: of two callers
+        with the same digest, one gets it and the other None (single use)."""
+
+    @abc.abstractmethod
+    def tokens(self, kind: WebTokenKind, rcpt: str, now: float) -> list[WebToken]:
+        """The unexpired tokens of ``kind`` for ``rcpt``, oldest first."""
+
+    @abc.abstractmethod
+    def delete_tokens(self, kind: WebTokenKind, rcpt: str, name: str | None = None) -> int:
+        """Remove the tokens of ``kind`` for ``rcpt`` (only those named
+        ``name`` if given); the number removed."""
+
+    @abc.abstractmethod
+    def count_hit(self, key: str, window: float, now: float) -> int:
+        """Count one event under ``key`` in the fixed window of ``window``
+        seconds that holds ``now``; the count in that window, this one
+        included. Counters vanish once their window is over."""
 
     # -- whole store -----------------------------------------------------------
 

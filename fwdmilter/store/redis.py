@@ -9,6 +9,9 @@ Keys (``P`` is ``store.prefix``; docs/redis.md shows them in redis-cli)::
     P:held:{TARGET}:ENTRY_ID          HASH    one held entry, no TTL (fwdctl expires them)
     P:held-index:{TARGET}             SET     the entry ids of TARGET
     P:held-count:{TARGET}             HASH    fields H and R: TARGET's counters
+    P:web-token:KIND:{DIGEST}         HASH    a web token (fwdweb), TTL = its expiry
+    P:web-tokens:{RCPT}:KIND          SET     the digests of RCPT's tokens of KIND
+    P:web-rate:{KEY}:START            STRING  hits in the window from START, TTL 2 windows
 
 The ``{...}`` part is a Redis Cluster hash tag: every key of one SRS address,
 and every key of one target, lives in one slot, so the multi-key updates below
@@ -74,6 +77,8 @@ from fwdmilter.store.base import (
     RcptInfo,
     Stats,
     Store,
+    WebToken,
+    WebTokenKind,
 )
 
 __all__ = ["RedisStore", "REDIS_ERRORS", "open_redis", "translate_error"]
@@ -99,6 +104,12 @@ _TEMPORARY_REPLIES: Final = frozenset(
         "ASK",
     }
 )
+
+#: Versions whose data the next version reads as it is (it only added hash
+#: fields that read as empty when missing, and keys of its own): opening
+#: such data just records the new version.
+#: 1 -> 2: a forward's pending target, and the web service's tokens.
+_NOTHING_TO_REWRITE: Final = frozenset({1})
 
 #: How many recipients' targets rcpt_info remembers (the steady-state budget).
 DEFAULT_CACHE_SIZE: Final = 10_000
@@ -236,7 +247,7 @@ if ARGV[1] == '' then
   redis.call('DEL', KEYS[1])
 else
   redis.call('HSET', KEYS[1], 'target', '', 'null_sender', 'forward',
-             'moved_to', ARGV[1], 'updated', ARGV[2])
+             'moved_to', ARGV[1], 'updated', ARGV[2], 'pending', '', 'pending_expires', '0.0')
 end
 return 1
 """)
@@ -267,7 +278,19 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """)
 
+# KEYS: one web token.  ARGV: now.  Returns the token's fields and deletes
+# it, if it is there and unexpired (single use: one caller gets it).
+_TAKE_TOKEN = _Script("""
+local t = redis.call('HGETALL', KEYS[1])
+if #t == 0 then return {} end
+local expires = tonumber(redis.call('HGET', KEYS[1], 'expires'))
+if expires ~= 0 and expires <= tonumber(ARGV[1]) then return {} end
+redis.call('DEL', KEYS[1])
+return t
+""")
+
 _SCRIPTS: Final = (
+    _TAKE_TOKEN,
     _DELETE_FORWARD,
     _REPLACE_HASH,
     _IMPORT_RECORD,
@@ -445,9 +468,15 @@ class RedisStore(Store):
                 f" written by a newer fwdmilter; this one knows version {SCHEMA_VERSION}."
                 " Upgrade fwdmilter on this host (or give it another store.prefix)."
             )
+        if version < SCHEMA_VERSION and all(
+            v in _NOTHING_TO_REWRITE for v in range(version, SCHEMA_VERSION)
+        ):
+            self._trip()
+            self._client.set(self.schema_key, SCHEMA_VERSION)
+            version = SCHEMA_VERSION
         if version < SCHEMA_VERSION:
-            # No older Redis layout exists yet; a future version adds its
-            # migrations here, each in one script over the affected keys.
+            # A future version adds its migrations here, each in one script
+            # over the affected keys.
             raise StoreSchemaError(
                 f"{self.name}: no migration from schema version {version} to {SCHEMA_VERSION}"
             )
@@ -724,6 +753,106 @@ class RedisStore(Store):
             held=held,
             held_by_target=dict(sorted(by_target.items())),
         )
+
+    # -- the recipient's web service (fwdweb) ------------------------------------
+
+    def _token_key(self, kind: str, digest: str) -> str:
+        return f"{self._prefix}:web-token:{kind}:{{{digest}}}"
+
+    def _tokens_key(self, rcpt: str, kind: str) -> str:
+        return f"{self._prefix}:web-tokens:{{{rcpt}}}:{kind}"
+
+    @_guarded
+    def put_token(self, token: WebToken) -> None:
+        _codec.check_token_kind(token.kind)
+        if not token.digest or not token.rcpt:
+            raise ValueError("a web token needs digest and rcpt")
+        key = self._token_key(token.kind, token.digest)
+        # The token and the index live in different slots on a cluster:
+        # two commands, the index first (a stale index entry is harmless).
+        self._trip(2)
+        self._client.sadd(self._tokens_key(token.rcpt, token.kind), token.digest)
+        pipe = self._pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.hset(key, mapping=_codec.token_fields(token))
+        if token.expires:
+            # Relative to the store's clock, which tests inject.
+            pipe.pexpire(key, max(1, int((token.expires - self._clock()) * 1000) + 1))
+        pipe.execute()
+
+    @_guarded
+    def get_token(self, kind: WebTokenKind, digest: str, now: float) -> WebToken | None:
+        key = self._token_key(kind, digest)
+        self._trip()
+        data = self._client.hgetall(key)
+        if not data:
+            return None
+        token = _codec.token_from(data, key)
+        return token if token.valid_at(now) else None
+
+    @_guarded
+    def take_token(self, kind: WebTokenKind, digest: str, now: float) -> WebToken | None:
+        key = self._token_key(kind, digest)
+        self._trip()
+        try:
+            flat = self._client.evalsha(_TAKE_TOKEN.sha, 1, key, repr(float(now)))
+        except rx.NoScriptError:
+            self._trip(2)
+            self._client.script_load(_TAKE_TOKEN.source)
+            flat = self._client.evalsha(_TAKE_TOKEN.sha, 1, key, repr(float(now)))
+        if not flat:
+            return None
+        token = _codec.token_from(dict(zip(flat[::2], flat[1::2], strict=True)), key)
+        self._trip()
+        self._client.srem(self._tokens_key(token.rcpt, kind), digest)
+        return token
+
+    @_guarded
+    def tokens(self, kind: WebTokenKind, rcpt: str, now: float) -> list[WebToken]:
+        index = self._tokens_key(rcpt, kind)
+        self._trip()
+        digests = sorted(self._client.smembers(index))
+        found: list[WebToken] = []
+        gone: list[str] = []
+        for digest in digests:
+            key = self._token_key(kind, digest)
+            self._trip()
+            data = self._client.hgetall(key)
+            if not data:
+                gone.append(digest)
+                continue
+            token = _codec.token_from(data, key)
+            if token.valid_at(now) and token.rcpt == rcpt:
+                found.append(token)
+        if gone:
+            self._trip()
+            self._client.srem(index, *gone)
+        return sorted(found, key=lambda t: (t.created, t.digest))
+
+    @_guarded
+    def delete_tokens(self, kind: WebTokenKind, rcpt: str, name: str | None = None) -> int:
+        index = self._tokens_key(rcpt, kind)
+        removed = 0
+        for token in self.tokens(kind, rcpt, self._clock()):
+            if name is not None and token.name != name:
+                continue
+            self._trip(2)
+            removed += int(self._client.delete(self._token_key(kind, token.digest)))
+            self._client.srem(index, token.digest)
+        return removed
+
+    @_guarded
+    def count_hit(self, key: str, window: float, now: float) -> int:
+        if window <= 0:
+            raise ValueError(f"window must be positive, not {window!r}")
+        start = now - now % window
+        rate_key = f"{self._prefix}:web-rate:{{{key}}}:{int(start)}"
+        pipe = self._pipeline(transaction=True)
+        pipe.incr(rate_key)
+        pipe.pexpire(rate_key, int(2 * window * 1000))
+        self._trip()
+        hits, _ = pipe.execute()
+        return int(hits)
 
     @_guarded
     def ping(self) -> None:

@@ -58,6 +58,8 @@ from fwdmilter.store.base import (
     RcptInfo,
     Stats,
     Store,
+    WebToken,
+    WebTokenKind,
 )
 
 __all__ = ["MIGRATIONS", "Migration", "SQLiteStore"]
@@ -124,8 +126,39 @@ def _create_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# -- the recipient's web service (fwdweb): pending targets and web tokens -------------
+
+
+def _add_web(conn: sqlite3.Connection) -> None:
+    """Forwards get a pending target awaiting confirmation; web tokens (kept
+    as SHA-256 digests) and rate counters get tables of their own."""
+    conn.execute("ALTER TABLE forwards ADD COLUMN pending TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE forwards ADD COLUMN pending_expires REAL NOT NULL DEFAULT 0")
+    conn.execute(
+        """CREATE TABLE web_tokens (
+            kind    TEXT NOT NULL,
+            digest  TEXT NOT NULL,
+            rcpt    TEXT NOT NULL,
+            name    TEXT NOT NULL,
+            data    TEXT NOT NULL,
+            created REAL NOT NULL,
+            expires REAL NOT NULL,
+            PRIMARY KEY (kind, digest)
+        ) WITHOUT ROWID"""
+    )
+    conn.execute("CREATE INDEX web_tokens_by_rcpt ON web_tokens (rcpt, kind)")
+    conn.execute(
+        """CREATE TABLE web_rates (
+            key     TEXT NOT NULL,
+            start   REAL NOT NULL,
+            hits    INTEGER NOT NULL,
+            PRIMARY KEY (key, start)
+        ) WITHOUT ROWID"""
+    )
+
+
 #: version -> the step to version + 1.
-MIGRATIONS: Final[Mapping[int, Migration]] = {0: _create_v1}
+MIGRATIONS: Final[Mapping[int, Migration]] = {0: _create_v1, 1: _add_web}
 
 #: Write transactions of import_items commit every this many items.
 _IMPORT_BATCH: Final = 1000
@@ -415,7 +448,7 @@ class SQLiteStore(Store):
             if moved_to:
                 cur = conn.execute(
                     "UPDATE forwards SET target = '', null_sender = 'forward', moved_to = ?,"
-                    " updated = ? WHERE rcpt = ?",
+                    " updated = ?, pending = '', pending_expires = 0 WHERE rcpt = ?",
                     (moved_to, now, rcpt),
                 )
             else:
@@ -581,6 +614,76 @@ class SQLiteStore(Store):
         counts = {str(r["state"]): int(r["n"]) for r in rows}
         return counts.get("H", 0), counts.get("R", 0)
 
+    # -- the recipient's web service (fwdweb) ------------------------------------
+
+    @_guarded
+    def put_token(self, token: WebToken) -> None:
+        _codec.check_token_kind(token.kind)
+        if not token.digest or not token.rcpt:
+            raise ValueError("a web token needs digest and rcpt")
+        row: dict[str, object] = dict(_codec.token_fields(token))
+        row.update(created=token.created, expires=token.expires)
+        with self._write() as conn:
+            conn.execute(_INSERT_TOKEN, row)
+            # Expired tokens are invisible already; this gives the space back.
+            conn.execute(
+                "DELETE FROM web_tokens WHERE expires > 0 AND expires <= ?", (self._clock(),)
+            )
+
+    @_guarded
+    def get_token(self, kind: WebTokenKind, digest: str, now: float) -> WebToken | None:
+        rows = self._rows(
+            f"SELECT * FROM web_tokens WHERE {_LIVE_WEB_ROW}",  # noqa: S608 (fixed text)
+            (kind, digest, now),
+        )
+        return _codec.token_from(rows[0], self._where("web_tokens", kind)) if rows else None
+
+    @_guarded
+    def take_token(self, kind: WebTokenKind, digest: str, now: float) -> WebToken | None:
+        with self._write() as conn:
+            row = conn.execute(
+                f"DELETE FROM web_tokens WHERE {_LIVE_WEB_ROW} RETURNING *",  # noqa: S608
+                (kind, digest, now),
+            ).fetchone()
+        return _codec.token_from(row, self._where("web_tokens", kind)) if row else None
+
+    @_guarded
+    def tokens(self, kind: WebTokenKind, rcpt: str, now: float) -> list[WebToken]:
+        rows = self._rows(
+            "SELECT * FROM web_tokens WHERE rcpt = ? AND kind = ?"
+            " AND (expires = 0 OR expires > ?) ORDER BY created, digest",
+            (rcpt, kind, now),
+        )
+        return [_codec.token_from(r, self._where("web_tokens", rcpt)) for r in rows]
+
+    @_guarded
+    def delete_tokens(self, kind: WebTokenKind, rcpt: str, name: str | None = None) -> int:
+        with self._write() as conn:
+            if name is None:
+                cur = conn.execute(
+                    "DELETE FROM web_tokens WHERE rcpt = ? AND kind = ?", (rcpt, kind)
+                )
+            else:
+                cur = conn.execute(
+                    "DELETE FROM web_tokens WHERE rcpt = ? AND kind = ? AND name = ?",
+                    (rcpt, kind, name),
+                )
+            return cur.rowcount
+
+    @_guarded
+    def count_hit(self, key: str, window: float, now: float) -> int:
+        if window <= 0:
+            raise ValueError(f"window must be positive, not {window!r}")
+        start = now - now % window
+        with self._write() as conn:
+            conn.execute("DELETE FROM web_rates WHERE start < ?", (now - 2 * window,))
+            row = conn.execute(
+                "INSERT INTO web_rates (key, start, hits) VALUES (?, ?, 1)"
+                " ON CONFLICT (key, start) DO UPDATE SET hits = hits + 1 RETURNING hits",
+                (key, start),
+            ).fetchone()
+        return int(row["hits"])
+
     # -- whole store ---------------------------------------------------------------
 
     @_guarded
@@ -713,11 +816,15 @@ def _named_insert(table: str, fields: Sequence[str]) -> str:
 _INSERT_FORWARD: Final = _named_insert("forwards", _codec.FORWARD_FIELDS)
 _INSERT_MESSAGE: Final = _named_insert("messages", _codec.MESSAGE_FIELDS)
 _INSERT_HELD: Final = _named_insert("held", _codec.HELD_FIELDS)
+_LIVE_WEB_ROW: Final = "kind = ? AND digest = ? AND (expires = 0 OR expires > ?)"
+_INSERT_TOKEN: Final = _named_insert("web_tokens", _codec.WEB_TOKEN_FIELDS)
 
 
 def _put_forward(conn: sqlite3.Connection, forward: Forward) -> None:
     row: dict[str, object] = dict(_codec.forward_fields(forward))
-    row.update(created=forward.created, updated=forward.updated)
+    row.update(
+        created=forward.created, updated=forward.updated, pending_expires=forward.pending_expires
+    )
     conn.execute(_INSERT_FORWARD, row)
 
 

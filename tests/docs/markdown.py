@@ -12,6 +12,9 @@ tag           what the tests do with it
 ``sh``        commands run in the sandbox that print nothing worth showing;
               each must exit 0 (or the status of a ``# exit status N``
               comment at its end)
+``http``      ``$ curl`` lines against fwdmilter-web and the JSON they print:
+              run in order by tests/e2e/test_web_docs.py against the real
+              service (docs/web.md)
 ``sh-host``   commands that need a real host (apt-get, systemctl,
               journalctl, install, editing the system Postfix...): checked
               statically (tests/docs/test_docs_static.py)
@@ -49,6 +52,7 @@ __all__ = [
     "RUN_TAGS",
     "HOST_TAGS",
     "DATA_TAGS",
+    "WEB_TAGS",
     "TAGS",
     "Block",
     "Command",
@@ -66,8 +70,10 @@ DOCS: Final = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
 
 RUN_TAGS: Final = frozenset({"console", "sh"})
 HOST_TAGS: Final = frozenset({"sh-host"})
+#: Run by tests/e2e/test_web_docs.py against a real fwdmilter-web.
+WEB_TAGS: Final = frozenset({"http"})
 DATA_TAGS: Final = frozenset({"main.cf", "master.cf", "toml", "acl", "zone", "text", "m4"})
-TAGS: Final = RUN_TAGS | HOST_TAGS | DATA_TAGS
+TAGS: Final = RUN_TAGS | HOST_TAGS | DATA_TAGS | WEB_TAGS
 
 _FENCE: Final = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 _HEADING: Final = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
@@ -195,7 +201,7 @@ def _status(text: str) -> int:
 def commands(block: Block) -> list[Command]:
     """The commands of a ``console``, ``sh`` or ``sh-host`` block."""
     out: list[Command] = []
-    if block.tag == "console":
+    if block.tag in ("console", "http"):
         current: tuple[int, str] | None = None
         shown: list[str] = []
         lines = block.text.split("\n")

@@ -31,12 +31,25 @@ import pytest
 from fwdmilter import config
 
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
-UNITS = ("fwdmilter.service", "fwdctl-expire.service", "fwdctl-expire.timer")
+UNITS = (
+    "fwdmilter.service",
+    "fwdctl-expire.service",
+    "fwdctl-expire.timer",
+    "fwdmilter-web.service",
+)
 #: Where docs/install.md puts the console scripts, and their names in a venv.
-INSTALLED_SCRIPTS = {"/usr/local/bin/fwdmilter": "fwdmilter", "/usr/local/bin/fwdctl": "fwdctl"}
+INSTALLED_SCRIPTS = {
+    "/usr/local/bin/fwdmilter-web": "fwdmilter-web",
+    "/usr/local/bin/fwdmilter": "fwdmilter",
+    "/usr/local/bin/fwdctl": "fwdctl",
+}
 #: The exposure each service may reach (the milter's bound is the project's
 #: requirement; the expire job runs as root, and 2.4 is what that allows).
-MAX_EXPOSURE = {"fwdmilter.service": 2.0, "fwdctl-expire.service": 2.5}
+MAX_EXPOSURE = {
+    "fwdmilter.service": 2.0,
+    "fwdctl-expire.service": 2.5,
+    "fwdmilter-web.service": 2.0,
+}
 
 #: Sandboxing settings each service must either set or explain with a
 #: "# not set: NAME" comment.
@@ -302,6 +315,21 @@ def test_expire_service_runs_fwdctl_held_expire() -> None:
     # milter's /var/lib/fwdmilter to root.
     assert "User" not in svc and "StateDirectory" not in svc
     assert svc["ReadWritePaths"] == ["-/var/lib/fwdmilter -/var/spool/postfix"]
+
+
+def test_web_service_runs_the_web_app_without_the_srs_secrets() -> None:
+    unit = parse_unit(unit_text("fwdmilter-web.service"))
+    svc = unit["Service"]
+    assert svc["ExecStart"] == [
+        f"/usr/local/bin/fwdmilter-web --config {config.DEFAULT_CONFIG_PATH}"
+    ]
+    assert svc["User"] == svc["Group"] == ["fwdmilter"]
+    assert svc["InaccessiblePaths"] == ["-" + config.SRSSettings().secrets_file]
+    store_dir = PurePosixPath(urlsplit(config.DEFAULT_STORE_URL).path).parent
+    assert svc["ReadWritePaths"] == [f"-{store_dir}"]
+    assert "StateDirectory" not in svc  # the milter's unit owns /var/lib/fwdmilter
+    for section in ("Wants", "After"):
+        assert "network-online.target" in " ".join(unit["Unit"][section]).split()
 
 
 def test_timer_runs_daily_and_catches_up() -> None:

@@ -139,3 +139,21 @@ def test_as_dict_masks_the_store_password() -> None:
     assert shown["store"]["url"] == "redis://fwd:***@redis.example:6379/0"
     assert "s3cret" not in repr(shown)
     assert shown["forwarding"]["domains"] == []
+
+
+# -- [web] (fwdweb) ------------------------------------------------------------------
+
+
+def test_web_settings_load_and_check_the_tls_pair() -> None:
+    from fwdmilter import config as cfgmod  # noqa: PLC0415
+
+    base = '[srs]\ndomain = "fwd.example"\n'
+    cfg = cfgmod.loads(base + '[web]\nbase_url = "https://fwd.example"\nconfirm_hours = 1\n')
+    assert cfg.web.base_url == "https://fwd.example" and cfg.web.confirm_hours == 1.0
+    assert cfg.forwarding.confirm_targets is False
+    with pytest.raises(cfgmod.ConfigError, match=r"^web\.tls_cert_file: needs web\.tls_key_file"):
+        cfgmod.loads(base + '[web]\ntls_cert_file = "/etc/ssl/c.pem"\n')
+    with pytest.raises(cfgmod.ConfigError, match=r"^web\.base_url: must be an http"):
+        cfgmod.loads(base + '[web]\nbase_url = "fwd.example"\n')
+    with pytest.raises(cfgmod.ConfigError, match=r"^forwarding\.confirm_targets: must be true"):
+        cfgmod.loads(base + '[forwarding]\nconfirm_targets = "yes"\n')

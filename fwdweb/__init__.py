@@ -1,0 +1,1 @@
+"""fwdmilter-web: the recipient's side of a forwarder."""

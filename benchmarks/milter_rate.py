@@ -317,6 +317,8 @@ class Setup:
     pids: dict[str, int] = field(default_factory=dict)
     #: Forwarding addresses in each fwdmilter store: 1fwd@... to {forwards}fwd@...
     forwards: int = 0
+    #: Bytes per message.
+    size: int = MESSAGE_BYTES
 
 
 def _fill_store(url: str, count: int) -> None:
@@ -560,7 +562,7 @@ def send_batch(
         "-m",
         str(messages),
         "-l",
-        str(MESSAGE_BYTES),
+        str(setup.size),
         "-N",
         "-f",
         SENDER,
@@ -628,7 +630,7 @@ def send_mix_batch(
     mix.serial += 1
     srs_pass, srs_unverified = mix.pools(variant)
     plan = smtp_load.plan_mix(
-        messages, mix.serial, setup.forwards, srs_pass, srs_unverified, MESSAGE_BYTES, FWD_DOMAIN
+        messages, mix.serial, setup.forwards, srs_pass, srs_unverified, setup.size, FWD_DOMAIN
     )
     cpu0 = cpu_snapshot(setup, variant)
     t0 = time.perf_counter()
@@ -807,7 +809,7 @@ def latency_summary(
 
 def print_table(summary: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
     print(
-        f"milter_rate: {args.messages} messages of {MESSAGE_BYTES} B, {args.sessions} sessions,"
+        f"milter_rate: {args.messages} messages of {args.size} B, {args.sessions} sessions,"
         f" {args.rounds} rounds (median, min-max over rounds; ratios within each round)"
     )
     print(
@@ -916,7 +918,7 @@ def measure_latency(setup: Setup, variants: Sequence[str], count: int) -> dict[s
     expected = setup.sink.count
     for i in range(count):
         rcpt = f"{i % setup.forwards + 1}{RCPT}"
-        body = smtp_load.message(SENDER, rcpt, i, MESSAGE_BYTES)
+        body = smtp_load.message(SENDER, rcpt, i, setup.size)
         for v in variants:
             try:
                 out[v].append(
@@ -942,6 +944,7 @@ def run(
     warm_rss: dict[str, int] = {}
     latency: dict[str, list[float]] = {}
     with started(folder, variants, max(args.messages, args.warmup), args.dns_ttl) as setup:
+        setup.size = args.size
 
         def one(v: str, messages: int, r: int) -> Batch:
             first = setup.sink.count
@@ -996,6 +999,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=300, help="messages per batch")
     parser.add_argument("--sessions", type=int, default=10, help="parallel SMTP sessions")
+    parser.add_argument("--size", type=int, default=MESSAGE_BYTES, help="bytes per message")
     parser.add_argument("--rounds", type=int, default=5, help="batches of each variant")
     parser.add_argument(
         "--variants",

@@ -274,6 +274,7 @@ class SQLiteStore(Store):
         self._purge_every = purge_every
         self._writes = 0
         self._count_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._prepare_file()
         self._pool = _Pool(self._connect)
         try:
@@ -408,7 +409,25 @@ class SQLiteStore(Store):
 
     @contextlib.contextmanager
     def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
-        """One write transaction, holding the write lock from its start."""
+        """One write transaction, holding the write lock from its start.
+
+        The threads of this process take turns at a lock of their own first:
+        SQLite's busy handler would make each waiting thread sleep and try
+        again (1, 2, 5, 10 ... ms), while a lock hands the turn over as soon
+        as the writer commits. Other processes still wait in busy_timeout.
+        Waiting for the lock counts against the same ``store.timeout``."""
+        if not self._write_lock.acquire(timeout=self._timeout):
+            raise StoreUnavailable(
+                f"{self.name}: another writer of this process held the store for {self._timeout:g}s"
+            )
+        try:
+            with self._write_locked(durable) as conn:
+                yield conn
+        finally:
+            self._write_lock.release()
+
+    @contextlib.contextmanager
+    def _write_locked(self, durable: bool) -> Iterator[sqlite3.Connection]:
         with self._pool.connection() as conn:
             if durable:
                 conn.execute("PRAGMA synchronous = FULL")

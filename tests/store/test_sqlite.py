@@ -314,6 +314,39 @@ def test_a_writer_waits_for_the_lock_then_gives_up_but_reads_go_on(tmp_path: Pat
         store.close()
 
 
+def test_writers_of_one_process_queued_behind_a_lock_give_up_in_time(tmp_path: Path) -> None:
+    """Threads of one process wait for each other on the store's own lock,
+    and one waiting there longer than store.timeout gets StoreUnavailable
+    (the milter's 451), as one waiting for another process's lock does."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path, timeout=0.3)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+
+        def write(i: int) -> tuple[str, float]:
+            started = time.monotonic()
+            try:
+                store.put_forward(fwd(f"u{i}@fwd.example"))
+            except StoreUnavailable as exc:
+                return str(exc), time.monotonic() - started
+            return "written", time.monotonic() - started
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(write, range(4)))
+        assert all(what != "written" for what, _ in results)
+        assert all(seconds < 1.5 for _, seconds in results)
+        assert any("held the store" in what for what, _ in results)
+        other.execute("ROLLBACK")
+        with ThreadPoolExecutor(4) as pool:
+            assert [w for w, _ in pool.map(write, range(4))] == ["written"] * 4
+    finally:
+        other.close()
+        store.close()
+
+
 def test_a_closed_store_is_unavailable(tmp_path: Path) -> None:
     store = _open(tmp_path / "state.db")
     store.close()

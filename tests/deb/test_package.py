@@ -24,6 +24,7 @@ import contextlib
 import gzip
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
@@ -69,6 +70,9 @@ SCANNED = (
 )
 
 
+_TEMP_FOLDER = re.compile(r"fwdmilter-[a-z]+-[a-z0-9_]{8}")
+
+
 def run(
     *argv: str, check: bool = True, timeout: float = 180, **kw: Any
 ) -> subprocess.CompletedProcess[str]:
@@ -94,9 +98,10 @@ def named_after_package() -> set[str]:
             if folder.startswith(("/var/cache/apt", "/var/log", "/var/tmp", "/run/user")):
                 dirs[:] = []
                 continue
-            # The harness's runtime folders (tests/harness/postfix.py), this
-            # session's or another's running beside it, are no package's.
-            dirs[:] = [d for d in dirs if not d.startswith("fwdmilter-e2e-")]
+            # Temporary folders of the harness and the benchmarks
+            # (tempfile.mkdtemp: "fwdmilter-e2e-" and 8 random characters), of
+            # this session or another running beside it, are no package's.
+            dirs[:] = [d for d in dirs if not _TEMP_FOLDER.fullmatch(d)]
             found |= {f"{folder}/{n}" for n in dirs + files if "fwdmilter" in n or "fwdctl" in n}
     return found
 

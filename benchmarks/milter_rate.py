@@ -69,7 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,9 +266,14 @@ def _fill_store(url: str, count: int) -> None:
 
 @contextmanager
 def started(
-    folder: Path, variants: Sequence[str], messages: int, dns_ttl: int = 0
+    folder: Path,
+    variants: Sequence[str],
+    messages: int,
+    dns_ttl: int = 0,
+    fwd_settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[Setup]:
-    """DNS, sink, Redis, the milters and Postfix; all stopped on the way out."""
+    """DNS, sink, Redis, the milters and Postfix; all stopped on the way out.
+    ``fwd_settings``: more configuration for every fwdmilter (benchmarks.metrics_picture)."""
     with ExitStack() as stack:
         runtime = RuntimeDir(prefix="fwdmilter-bench-")
         stack.callback(runtime.remove)
@@ -317,6 +322,7 @@ def started(
                         "forwarding": {"domains": [FWD_DOMAIN]},
                         # Every client is an outsider: SPF is checked.
                         "trusted": {"networks": []},
+                        **(fwd_settings or {}),
                     },
                 )
                 workdir.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,7 @@ SCANNED = (
 )
 
 
-_TEMP_FOLDER = re.compile(r"fwdmilter-[a-z]+-[a-z0-9_]{8}")
+_TEMP_FOLDER = re.compile(r"fwdmilter-[a-z0-9-]+-[a-z0-9_]{8}")
 
 
 def run(

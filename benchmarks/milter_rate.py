@@ -75,7 +75,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,6 +342,7 @@ def _start_fwdmilter(
     dns_port: int,
     messages: int,
     pids: dict[str, int],
+    fwd_settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> FwdMilter:
     """fwdmilter for variant ``name`` (and its Redis), started, stopped by ``stack``."""
     workdir = folder / name
@@ -363,6 +364,7 @@ def _start_fwdmilter(
             "forwarding": {"domains": [FWD_DOMAIN]},
             # Every client is an outsider: SPF is checked.
             "trusted": {"networks": []},
+            **(fwd_settings or {}),
         },
     )
     workdir.mkdir(parents=True, exist_ok=True)
@@ -376,9 +378,14 @@ def _start_fwdmilter(
 
 @contextmanager
 def started(
-    folder: Path, variants: Sequence[str], messages: int, dns_ttl: int = 0
+    folder: Path,
+    variants: Sequence[str],
+    messages: int,
+    dns_ttl: int = 0,
+    fwd_settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[Setup]:
-    """DNS, sink, Redis, the milters and Postfix; all stopped on the way out."""
+    """DNS, sink, Redis, the milters and Postfix; all stopped on the way out.
+    ``fwd_settings``: more configuration for every fwdmilter (benchmarks.metrics_picture)."""
     with ExitStack() as stack:
         runtime = RuntimeDir(prefix="fwdmilter-bench-")
         stack.callback(runtime.remove)
@@ -409,7 +416,9 @@ def started(
                 pids[f"milter:{name}"] = pyspf.proc.pid
                 specs[name] = pyspf.sock
             elif name.startswith("fwd-"):
-                fm = _start_fwdmilter(stack, name, folder, runtime, dns.port, messages, pids)
+                fm = _start_fwdmilter(
+                    stack, name, folder, runtime, dns.port, messages, pids, fwd_settings
+                )
                 fwd[name] = fm
                 specs[name] = str(fm.settings["milter"]["socket"])
         for name, sock in specs.items():

@@ -51,7 +51,7 @@ from fwdmilter.errors import ConfigError, FwdmilterError, StoreUnavailable
 from fwdmilter.milter import WANTED_ACTIONS, FwdMilter
 from fwdmilter.store.base import HeldEntry
 
-__all__ = ["main", "Server", "supervise"]
+__all__ = ["main", "build_parser", "Server", "supervise"]
 
 log = logging.getLogger("fwdmilter")
 
@@ -460,7 +460,8 @@ def _toml(value: object) -> str:
     return f'"{text}"'
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; its own function so that the man page is made from it."""
     parser = argparse.ArgumentParser(
         prog="fwdmilter",
         description="Mail forwarding milter: SPF at MAIL FROM, SRS, no backscatter.",
@@ -472,7 +473,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="validate the configuration and secrets, print the effective settings, exit",
     )
     parser.add_argument("--version", action="version", version=f"fwdmilter {__version__}")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         cfg = config.load(args.config)
         setup_logging(cfg.logging.level)

@@ -125,6 +125,24 @@ def suite_packages() -> frozenset[str]:
 
 
 @functools.cache
+def deb_packages() -> frozenset[str]:
+    """What scripts/test installs to build the Debian package (tests/deb)."""
+    return frozenset(_bash_array(REPO / "scripts" / "test", "DEB_PACKAGES"))
+
+
+def built_deb() -> str:
+    """Where docs/install.md's dpkg-buildpackage leaves the package."""
+    return f"{SOURCE.parent}/fwdmilter_{setup_version()}_all.deb"
+
+
+def setup_version() -> str:
+    text = (REPO / "fwdmilter" / "__init__.py").read_text()
+    found = re.search(r'^__version__ = "([^"]+)"', text, re.MULTILINE)
+    assert found, "fwdmilter/__init__.py has no __version__"
+    return found.group(1)
+
+
+@functools.cache
 def setup_cfg() -> configparser.ConfigParser:
     parser = configparser.ConfigParser()
     parser.read(REPO / "setup.cfg")
@@ -351,11 +369,12 @@ def _units(names: list[str], ctx: Ctx) -> None:
 def _check_apt(words: list[str], ctx: Ctx) -> None:
     args = _operands(words[1:])
     if args[:1] == ["install"]:
-        unknown = set(args[1:]) - runtime_packages() - suite_packages()
+        known = runtime_packages() | suite_packages() | deb_packages() | {built_deb()}
+        unknown = set(args[1:]) - known
         if unknown:
             ctx.fail(f"packages scripts/ do not install: {sorted(unknown)}")
-    elif args != ["update"]:
-        ctx.fail(f"apt-get {' '.join(args)}: only update and install")
+    elif args not in (["update"], ["remove", "fwdmilter"], ["purge", "fwdmilter"]):
+        ctx.fail(f"apt-get {' '.join(args)}: only update, install, and remove or purge fwdmilter")
 
 
 def _check_systemctl(words: list[str], ctx: Ctx) -> None:
@@ -442,13 +461,17 @@ def _check_runuser(words: list[str], ctx: Ctx) -> None:
     check_host_command(words[4:], ctx)
 
 
+_INSTALLED_FWDMILTER: Final = ("/usr/local/bin/fwdmilter", "/usr/bin/fwdmilter")
+
+
 def _check_fwdmilter(words: list[str], ctx: Ctx) -> None:
     unknown = {w for w in words if w.startswith("--")} - fwdmilter_options()
     if unknown:
         ctx.fail(f"fwdmilter has no option {sorted(unknown)}")
     for word in _operands(words[1:]):
         ctx.path(word)
-    if words[0].startswith("/") and words[0] != "/usr/local/bin/fwdmilter":
+    # The checkout's symlink and the package's command.
+    if words[0].startswith("/") and words[0] not in _INSTALLED_FWDMILTER:
         ctx.path(words[0])
 
 
@@ -476,6 +499,9 @@ def _check_mailq(words: list[str], ctx: Ctx) -> None:
 #: Every program a ``sh-host`` block may run, and how it is checked.
 HOST_CHECKS: Final[dict[str, Callable[[list[str], Ctx], None]]] = {
     "apt-get": _check_apt,
+    "dpkg-buildpackage": lambda w, c: (
+        None if w[1:] == ["-b", "-us", "-uc"] else c.fail("dpkg-buildpackage: as -b -us -uc")
+    ),
     "mailq": _check_mailq,
     "systemctl": _check_systemctl,
     "journalctl": _check_journalctl,
@@ -544,13 +570,35 @@ def test_host_commands() -> None:
 
 
 def test_install_md_installs_what_scripts_run_installs() -> None:
-    installed: set[str] = set()
-    for b in blocks(REPO / "docs" / "install.md"):
+    """From a checkout: what scripts/run installs; the package: what tests/deb builds with."""
+    path = REPO / "docs" / "install.md"
+    lines = path.read_text().split("\n")
+    assert "## From a checkout" in lines, "docs/install.md lost its section From a checkout"
+    checkout_from = lines.index("## From a checkout") + 1
+    package: set[str] = set()
+    checkout: set[str] = set()
+    for b in blocks(path):
         for c in commands(b) if b.tag in HOST_TAGS else ():
             for words in c.words:
                 if words[:2] == ["apt-get", "install"]:
-                    installed |= set(_operands(words[2:]))
-    assert installed == runtime_packages()
+                    (checkout if b.line > checkout_from else package).update(_operands(words[2:]))
+    assert checkout == runtime_packages()
+    assert package == (deb_packages() - _PACKAGE_DEPENDS) | {built_deb()}
+
+
+#: scripts/test installs these before the package too (the tests' own tools,
+#: and what apt brings as the package's dependencies).
+_PACKAGE_DEPENDS: Final = frozenset(
+    {
+        "git",
+        "lintian",
+        "python3-milter",
+        "python3-spf",
+        "python3-dnspython",
+        "python3-idna",
+        "python3-async-timeout",
+    }
+)
 
 
 def test_units_named_by_install_md_are_all_installed() -> None:

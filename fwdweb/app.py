@@ -600,17 +600,26 @@ def create_app(
     return app
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``fwdmilter-web`` (its man page is made from it)."""
+    parser = argparse.ArgumentParser(
+        prog="fwdmilter-web", description="The recipients' web service of fwdmilter."
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"configuration file (default: $FWDMILTER_CONFIG or {config.DEFAULT_CONFIG_PATH})",
+    )
+    parser.add_argument("--version", action="version", version=f"fwdmilter-web {__version__}")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn  # noqa: PLC0415
 
     from fwdmilter.store import open_store  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(
-        prog="fwdmilter-web", description="The recipients' web service of fwdmilter."
-    )
-    parser.add_argument("--config", metavar="PATH", help="configuration file")
-    parser.add_argument("--version", action="version", version=f"fwdmilter-web {__version__}")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(name)s: %(levelname)s %(message)s"
     )

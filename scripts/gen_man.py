@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write the man pages of fwdmilter and fwdctl from their argument parsers.
 
-    python3 scripts/gen_man.py OUTDIR      # writes OUTDIR/fwdmilter.8, OUTDIR/fwdctl.8
+    python3 scripts/gen_man.py OUTDIR      # OUTDIR/fwdmilter.8, fwdctl.8, fwdmilter-web.8
 
 The Debian package runs this at build time (debian/rules), so the pages
 list exactly the options and commands the installed programs take: the
@@ -25,6 +25,7 @@ ROOT: Final = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fwdmilter import __version__, cli, config, daemon  # noqa: E402
+from fwdweb import app as web_app  # noqa: E402
 
 SECTION: Final = "8"
 
@@ -61,6 +62,20 @@ EXTRA: Final[dict[str, list[tuple[str, str]]]] = {
             f".TP\n.B {cli.EXIT_REFUSED}\nsomething was refused or failed (each said on standard "
             "error).\n"
             f".TP\n.B {cli.EXIT_CONFIG}\nthe configuration, the store or the MTA cannot be used.",
+        ),
+    ],
+    "fwdmilter-web": [
+        (
+            "DESCRIPTION",
+            "The recipients' web service: a recipient signs in by mail and inquires, updates "
+            "or deletes the record of their own forwarding address; new targets are confirmed "
+            "by their owner. It reads the [web] settings of the milter's configuration and "
+            "shares its store; it never reads the SRS secrets. Each change, sign-in and failed "
+            "attempt is logged as one key=value line.",
+        ),
+        (
+            "EXIT STATUS",
+            ".TP\n.B 0\nstopped.\n.TP\n.B 2\nthe configuration or the store cannot be used.",
         ),
     ],
 }
@@ -172,7 +187,7 @@ def main(argv: list[str]) -> int:
     stamp = int(os.environ.get("SOURCE_DATE_EPOCH", "0")) or None
     when = datetime.datetime.fromtimestamp(stamp or 0, datetime.UTC) if stamp else None
     date = (when or datetime.datetime.now(datetime.UTC)).strftime("%Y-%m-%d")
-    for parser in (daemon.build_parser(), cli.build_parser()):
+    for parser in (daemon.build_parser(), cli.build_parser(), web_app.build_parser()):
         (out / f"{parser.prog}.{SECTION}").write_text(page(parser, date))
     return 0
 

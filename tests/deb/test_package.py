@@ -55,6 +55,12 @@ ENV = {
 }
 APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=300"]
 
+#: What fwdmilter-web loads before it serves, with the launcher's path.
+WEB_IMPORTS = (
+    "import sys; sys.path.insert(0, '/usr/share/fwdmilter/lib'); "
+    "import fwdweb.app, uvicorn, starlette, multipart, jinja2; "
+    "from fwdmilter import classify"
+)
 CONFIG = Path("/etc/fwdmilter/fwdmilter.toml")
 SECRETS = Path("/etc/fwdmilter/srs-secrets")
 STORE_DIR = Path("/var/lib/fwdmilter")
@@ -214,6 +220,9 @@ def test_install_run_with_postfix_then_purge(
             "/usr/lib/tmpfiles.d/fwdmilter.conf",
             "/usr/share/man/man8/fwdmilter.8.gz",
             "/usr/share/man/man8/fwdctl.8.gz",
+            "/usr/bin/fwdmilter-web",
+            "/lib/systemd/system/fwdmilter-web.service",
+            "/usr/share/man/man8/fwdmilter-web.8.gz",
             "/usr/share/doc/fwdmilter/copyright",
             "/usr/share/doc/fwdmilter/install.md.gz",
         ):
@@ -227,6 +236,15 @@ def test_install_run_with_postfix_then_purge(
         assert "\\-\\-null\\-sender" in page and '.SS "held requeue"' in page
         page = gzip.decompress(Path("/usr/share/man/man8/fwdmilter.8.gz").read_bytes()).decode()
         assert "\\-\\-check\\-config" in page
+        # The web service runs from the installed files: Debian's python3 with
+        # the private starlette and uvicorn, Debian's jinja2 (its app imports
+        # them all at start).
+        web = run("/usr/bin/fwdmilter-web", "--version").stdout
+        assert web.startswith("fwdmilter-web ")
+        run("/usr/bin/python3", "-c", WEB_IMPORTS)
+        assert "ExecStart=/usr/bin/fwdmilter-web " in Path(
+            "/lib/systemd/system/fwdmilter-web.service"
+        ).read_text()
 
         # The user, the secret, the store's folder, Postfix's socket folder.
         user = pwd.getpwnam("fwdmilter")

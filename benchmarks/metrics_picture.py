@@ -12,7 +12,14 @@ DNS server) with ``metrics.listen`` on; a private Prometheus (Debian's
 waves: batches of forwarded mail from ``bench@pass.example`` (SPF pass),
 mail from ``fail.example`` (SPF fail: 550 at MAIL FROM) and, in the middle
 third, some from ``slow.example``, whose DNS never answers (SPF temperror
-after ``dns.timeout``: 451). Then each main panel's queries of
+after ``dns.timeout``: 451). Every few seconds, too: null-sender mail to a
+forged SRS address (refused at RCPT) and, more rarely, to a real one
+(reversed at RCPT; being plain text, no delivery status notification, it is
+then held); and, after the first quarter, unverified mail (``none.example``)
+to a new target at ``refuse.example``, whose next hop (a second smtp-sink)
+refuses every RCPT, so Postfix's bounce of it is held (Postfix passes its
+own bounces through ``non_smtpd_milters`` here); unverified mail for a held
+target gets 451. Then each main panel's queries of
 contrib/grafana/fwdmilter.json are asked of Prometheus's query API over the
 run (``$__rate_interval`` as 20 s), and /usr/bin/python3 with Debian's
 matplotlib (``python3-matplotlib``) draws them (benchmarks/plot_metrics.py).
@@ -21,9 +28,11 @@ matplotlib (``python3-matplotlib``) draws them (benchmarks/plot_metrics.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
+import smtplib
 import subprocess
 import sys
 import tempfile
@@ -32,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.milter_rate import HELO, RCPT, BenchError, Setup, send_batch, started
-from tests.harness.proc import free_port
+from tests.harness.proc import Process, free_port
 from tests.harness.prometheus import DASHBOARD, PrometheusServer, instantiate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +54,35 @@ PANELS = (
     "DNS (SPF) latency",
 )
 STEP = 2.0
+REFUSING = "refuse.example"
+
+
+def refusing_next_hop(setup: Setup, folder: Path) -> Process:
+    """Route REFUSING to an smtp-sink that refuses every RCPT, and let
+    Postfix's own bounces through the milter."""
+    port = free_port()
+    proc = Process(
+        ["smtp-sink", "-u", "root", "-f", "rcpt", f"127.0.0.1:{port}", "100"],
+        folder / "refusing-sink.log",
+    )
+    pf = setup.postfix
+    fm = setup.fwd_milters["fwd-unix"]
+    routes = {REFUSING: f"smtp:[127.0.0.1]:{port}", "*": f"smtp:[127.0.0.1]:{setup.sink.port}"}
+    pf.set_main(
+        transport_maps=pf.write_map("transport", routes),
+        non_smtpd_milters=fm.spec,
+        internal_mail_filter_classes="bounce",
+    )
+    return proc
+
+
+def smtp(setup: Setup, sender: str, rcpt: str) -> None:
+    """One message by smtplib; a refusal is part of the load."""
+    with (
+        smtplib.SMTP("127.0.0.1", setup.ports["fwd-unix"], timeout=30) as client,
+        contextlib.suppress(smtplib.SMTPException),
+    ):
+        client.sendmail(sender, [rcpt], f"Subject: picture\r\n\r\n{rcpt}\r\n")
 
 
 def source(setup: Setup, sender: str, messages: int, sessions: int) -> None:
@@ -73,6 +111,8 @@ def source(setup: Setup, sender: str, messages: int, sessions: int) -> None:
 
 def load(setup: Setup, seconds: float) -> None:
     """Waves of forwarded and refused mail for ``seconds``."""
+    fm = setup.fwd_milters["fwd-unix"]
+    srs = fm.fwdctl("srs", "forward", "alice@pass.example").stdout.strip()
     start = time.monotonic()
     n = 0
     while (elapsed := time.monotonic() - start) < seconds:
@@ -83,6 +123,15 @@ def load(setup: Setup, seconds: float) -> None:
         source(setup, f"x{n}@fail.example", max(2, size // 8), 2)
         if seconds / 3 < elapsed < 2 * seconds / 3 and n % 2 == 0:
             source(setup, f"s{n}@slow.example", 2, 2)
+        if n % 3 == 0:
+            smtp(setup, "", f"SRS0=AAAA=AA=x.example=y{n}@fwd.example")
+        if n % 9 == 0:
+            smtp(setup, "", srs)
+        if elapsed > seconds / 4 and n % 4 == 0:
+            held = f"h{n}@fwd.example"
+            fm.fwdctl("forward", "set", held, f"t{n}@{REFUSING}")
+            smtp(setup, f"u{n}@none.example", held)
+            smtp(setup, f"v{n}@none.example", f"h{n - 4}@fwd.example")
         print(f"{elapsed:6.1f}s batch {n}: {size} forwarded", file=sys.stderr)
 
 
@@ -122,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = {"metrics": {"listen": f"127.0.0.1:{port}"}, "dns": {"timeout": 1.0}}
         with started(folder, ["fwd-unix"], 200, fwd_settings=settings) as setup:
+            refusing = refusing_next_hop(setup, folder)
             prom = PrometheusServer(
                 folder / "prometheus", [f"127.0.0.1:{port}"], scrape_interval="2s"
             )
@@ -133,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 data = collect(prom, start, time.time())
             finally:
                 prom.stop()
+                refusing.stop()
         data_file = folder / "metrics.json"
         data_file.write_text(json.dumps(data))
         subprocess.run(

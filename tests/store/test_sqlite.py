@@ -191,12 +191,12 @@ def test_a_writable_file_works_for_its_user(shared_dir: Path) -> None:
 # -- migrations ------------------------------------------------------------------------------
 
 
-def _to_v2(conn: sqlite3.Connection) -> None:
+def _to_next(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE forwards ADD COLUMN note TEXT NOT NULL DEFAULT ''")
     conn.execute("UPDATE forwards SET note = 'migrated'")
 
 
-def _broken_v3(conn: sqlite3.Connection) -> None:
+def _broken_after(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE half_done (x INTEGER)")
     raise sqlite3.OperationalError("disk I/O error (simulated)")
 
@@ -207,10 +207,12 @@ def test_migration_forward_keeps_data(tmp_path: Path) -> None:
     old.put_forward(fwd())
     old.hold(entry())
     old.close()
-    assert _user_version(path) == 1
+    assert _user_version(path) == SCHEMA_VERSION
 
-    store = _open(path, migrations={**MIGRATIONS, 1: _to_v2}, schema_version=2)
-    assert _user_version(path) == 2
+    store = _open(
+        path, migrations={**MIGRATIONS, SCHEMA_VERSION: _to_next}, schema_version=SCHEMA_VERSION + 1
+    )
+    assert _user_version(path) == SCHEMA_VERSION + 1
     assert store.get_forward(fwd().rcpt) == fwd()
     assert store.held_counts(entry().target) == (1, 0)
     store.close()
@@ -220,9 +222,11 @@ def test_migration_forward_keeps_data(tmp_path: Path) -> None:
 
 def test_migration_from_empty_runs_every_step_in_one_transaction(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    store = _open(path, migrations={**MIGRATIONS, 1: _to_v2}, schema_version=2)
+    store = _open(
+        path, migrations={**MIGRATIONS, SCHEMA_VERSION: _to_next}, schema_version=SCHEMA_VERSION + 1
+    )
     store.close()
-    assert _user_version(path) == 2
+    assert _user_version(path) == SCHEMA_VERSION + 1
     with sqlite3.connect(path) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(forwards)")]
     assert "note" in columns
@@ -231,10 +235,10 @@ def test_migration_from_empty_runs_every_step_in_one_transaction(tmp_path: Path)
 def test_a_failed_migration_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     _open(path).close()
-    migrations = {**MIGRATIONS, 1: _to_v2, 2: _broken_v3}
+    migrations = {**MIGRATIONS, SCHEMA_VERSION: _to_next, SCHEMA_VERSION + 1: _broken_after}
     with pytest.raises(StoreUnavailable, match="simulated"):
-        _open(path, migrations=migrations, schema_version=3)
-    assert _user_version(path) == 1
+        _open(path, migrations=migrations, schema_version=SCHEMA_VERSION + 2)
+    assert _user_version(path) == SCHEMA_VERSION
     with sqlite3.connect(path) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         columns = [r[1] for r in conn.execute("PRAGMA table_info(forwards)")]
@@ -245,9 +249,11 @@ def test_a_failed_migration_changes_nothing(tmp_path: Path) -> None:
 def test_a_missing_migration_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     _open(path).close()
-    with pytest.raises(StoreSchemaError, match="no migration from schema version 1"):
-        _open(path, schema_version=2)
-    assert _user_version(path) == 1
+    with pytest.raises(
+        StoreSchemaError, match=f"no migration from schema version {SCHEMA_VERSION}"
+    ):
+        _open(path, schema_version=SCHEMA_VERSION + 1)
+    assert _user_version(path) == SCHEMA_VERSION
 
 
 # -- expiry with an injected clock -----------------------------------------------------------

@@ -31,12 +31,22 @@ import pytest
 from fwdmilter import config
 
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
-UNITS = ("fwdmilter.service", "fwdctl-expire.service", "fwdctl-expire.timer")
+UNITS = (
+    "fwdmilter.service",
+    "fwdctl-expire.service",
+    "fwdctl-expire.timer",
+    "fwdctl-release.service",
+    "fwdctl-release.timer",
+)
 #: Where docs/install.md puts the console scripts, and their names in a venv.
 INSTALLED_SCRIPTS = {"/usr/local/bin/fwdmilter": "fwdmilter", "/usr/local/bin/fwdctl": "fwdctl"}
 #: The exposure each service may reach (the milter's bound is the project's
 #: requirement; the expire job runs as root, and 2.4 is what that allows).
-MAX_EXPOSURE = {"fwdmilter.service": 2.0, "fwdctl-expire.service": 2.5}
+MAX_EXPOSURE = {
+    "fwdmilter.service": 2.0,
+    "fwdctl-expire.service": 2.5,
+    "fwdctl-release.service": 2.5,
+}
 
 #: Sandboxing settings each service must either set or explain with a
 #: "# not set: NAME" comment.
@@ -296,12 +306,32 @@ def test_expire_service_runs_fwdctl_held_expire() -> None:
     svc = service("fwdctl-expire.service")
     assert svc["Type"] == ["oneshot"]
     assert svc["ExecStart"] == [
-        f"/usr/local/bin/fwdctl --config {config.DEFAULT_CONFIG_PATH} held expire"
+        f"/usr/local/bin/fwdctl --config {config.DEFAULT_CONFIG_PATH} held expire",
+        f"/usr/local/bin/fwdctl --config {config.DEFAULT_CONFIG_PATH} held check",
     ]
     # Root, for postsuper; and no StateDirectory=, which would chown the
     # milter's /var/lib/fwdmilter to root.
     assert "User" not in svc and "StateDirectory" not in svc
     assert svc["ReadWritePaths"] == ["-/var/lib/fwdmilter -/var/spool/postfix"]
+
+
+def test_release_service_runs_fwdctl_held_release() -> None:
+    svc = service("fwdctl-release.service")
+    assert svc["Type"] == ["oneshot"]
+    assert svc["ExecStart"] == [
+        f"/usr/local/bin/fwdctl --config {config.DEFAULT_CONFIG_PATH} held release"
+    ]
+    assert "User" not in svc and "StateDirectory" not in svc
+    # Shorter than the timer's period: runs never pile up.
+    assert seconds(svc["TimeoutStartSec"][0]) < 60
+
+
+def test_release_timer_runs_every_minute_on_time() -> None:
+    unit = parse_unit(unit_text("fwdctl-release.timer"))
+    timer = unit["Timer"]
+    assert timer["OnCalendar"] == ["minutely"]
+    assert seconds(timer["AccuracySec"][0]) <= 1
+    assert unit["Install"]["WantedBy"] == ["timers.target"]
 
 
 def test_timer_runs_daily_and_catches_up() -> None:

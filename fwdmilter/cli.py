@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -487,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"configuration file (default: $FWDMILTER_CONFIG or {config.DEFAULT_CONFIG_PATH})",
     )
     parser.add_argument("--version", action="version", version=f"fwdctl {__version__}")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log each change (entry requeued, released, dropped) to standard error;"
+        " the default when run by systemd (the lines go to the journal)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p_srs = sub.add_parser("srs", help="rewrite or reverse addresses with this host's SRS secrets")
@@ -539,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose or os.environ.get("JOURNAL_STREAM"):
+        # The log lines of fwdmilter.held (key=value, one per change).
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
         cfg = config.load(args.config)
         status: int = args.func(args, cfg)

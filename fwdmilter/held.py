@@ -367,12 +367,13 @@ def _discard(
                 timeout=cfg.mta.submit_timeout,
                 helo=cfg.milter.hostname,
             )
-    if dry_run:
-        note = " with its held message" if step.delete_file else ""
-        return Outcome(entry, True, f"would be {verb}{note}{notified}")
     note = ""
     if step.delete_file:
-        note = _delete_file(store, mta, entry, dry_run=False)
+        note = _delete_file(store, mta, entry, dry_run=dry_run)
+    elif machine.needs_file(entry):
+        note = " (its held message stays: another entry needs it)"
+    if dry_run:
+        return Outcome(entry, True, f"would be {verb}{note}{notified}")
     # Delete first, then drop: a crash in between leaves an entry whose
     # file is gone, which `held check --fix` mends; the other order would
     # leave a file nobody lists.

@@ -14,9 +14,9 @@ other get one alert (a downstream that fails refuses many messages at once).
 
 Each recipient has its own outcome: one the MTA refuses (a bad contact, 5xx)
 is logged and skipped, the others still get the alert; the store notes who
-was told (``HeldEntry.alerted_to``). An alert that could not reach someone
-for a temporary reason stays unfinished; ``fwdctl held expire`` (daily)
-sends it again, to those recipients only.
+is dealt with (``HeldEntry.alerted_to``: told, or refused for good). An
+alert that could not reach someone for a temporary reason stays unfinished;
+``fwdctl held expire`` (daily) sends it again, to those recipients only.
 """
 
 from __future__ import annotations
@@ -206,9 +206,9 @@ def send_alert(cfg: Config, store: Store, entry: HeldEntry | Sequence[HeldEntry]
     _log_alert(result, entries)
     for e in entries:
         mine = pending[(e.target, e.entry_id)]
-        told = [r for r in mine if r in done.accepted]
-        # Refused for good counts as done: a bad contact is not tried daily
-        # for ever (its log line says so); a temporary failure is retried.
+        # Refused for good is dealt with too: a bad contact is not tried
+        # daily for ever (its log line says so); a temporary failure is.
+        told = [r for r in mine if r in done.accepted or r in refused]
         store.mark_alerted(e.target, e.entry_id, told, complete=not any(r in failed for r in mine))
     return result
 

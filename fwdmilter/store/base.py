@@ -240,7 +240,8 @@ class Store(abc.ABC):
     def mark_alerted(
         self, target: str, entry_id: str, told: Sequence[str] = (), *, complete: bool = True
     ) -> bool:
-        """Note who was told of an entry: ``told`` is added to
+        """Note who was dealt with (told, or refused the alert for good: a
+        bad address is not tried again) for an entry: ``told`` is added to
         ``alerted_to`` (normal form, no duplicates), and ``alerted`` becomes
         ``complete`` (True: nobody is left to tell; False: some recipients
         failed and the daily resend tries them again). Atomic. False if the

@@ -304,7 +304,7 @@ def test_a_refused_alert_recipient_does_not_stop_the_others(world: World) -> Non
     while not (shown := w.held("--target", target)[0])["alerted"]:
         assert time.monotonic() < deadline, shown
         time.sleep(0.2)
-    assert shown["alerted_to"] == [ADMIN]
+    assert shown["alerted_to"] == [ADMIN, bad]  # told, and refused for good
     # Nothing left to resend: the daily run does not try the bad contact again.
     out = w.fm.fwdctl("held", "expire")
     assert target not in out.stdout

@@ -80,22 +80,24 @@ def build_alert(
     msg["Message-ID"] = make_msgid(domain=cfg.srs.domain)
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834 section 5
     msg["X-Fwdmilter-Held"] = " ".join([target, *(e.entry_id for e in entries)])
-    listing = "\n".join(
-        f"  - from {e.sender or '<>'} (for {e.rcpt or 'a forwarding address'}),"
-        f" held on {e.host} as {e.queue_id} since {_when(e.held_at)}:\n      {e.reason}"
+    listing = "\n\n".join(
+        f"  From {e.sender or '<>'}, for {e.rcpt or 'a forwarding address'}, held as\n"
+        f"  {e.entry_id} since {_when(e.held_at)}:\n"
+        f"      {e.reason}"
         for e in entries
     )
+    senders = "Their senders" if len(entries) > 1 else "Its sender"
     msg.set_content(
         f"""\
-The mail forwarder {cfg.milter.hostname} forwarded mail to {target}, and its
-delivery failed:
+The mail forwarder {cfg.milter.hostname} forwarded mail to {target},
+and the delivery failed:
 
 {listing}
 
-The senders could not be verified, so the failure was not reported to them
-(it could be a forged address: a bounce would be backscatter). Until it is
-dealt with, new mail from unverified senders for {target} is deferred (4xx),
-not lost.
+{senders} could not be verified, so the failure was not reported back (it
+could be a forged address: a bounce would be backscatter). Until it is dealt
+with, new mail from unverified senders for {target} is deferred (4xx), not
+lost.
 
 What to do:
   1. The admin of {target.partition("@")[2] or target} fixes the delivery problem above.

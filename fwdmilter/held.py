@@ -351,7 +351,13 @@ def drop(
 
 
 def _discard(
-    cfg: Config, store: Store, mta: MTA, step: Discard, verb: str, dry_run: bool
+    cfg: Config,
+    store: Store,
+    mta: MTA,
+    step: Discard,
+    verb: str,
+    dry_run: bool,
+    event: str = "dropped",
 ) -> Outcome:
     entry = step.entry
     notified = ""
@@ -378,7 +384,11 @@ def _discard(
     # file is gone, which `held check --fix` mends; the other order would
     # leave a file nobody lists.
     store.drop(entry.target, entry.entry_id)
-    _log(verb, entry, notice=step.notice)
+    _log(event, entry, notice=step.notice)
+    if step.notice in ("under-way", "requeued"):
+        note += " (it was sent again" + (
+            f" and is still queued as {entry.requeue_id})" if step.notice == "under-way" else ")"
+        )
     return Outcome(entry, True, f"{verb}{note}{notified}")
 
 
@@ -460,7 +470,8 @@ def expire(
                     rec = _record_state(store, fresh)
                     outcomes.append(_apply_release(store, fresh, rec, dry_run))
                 continue
-            outcomes.append(_discard(cfg, store, mta, step, "expired", dry_run))
+            verb = "discarded" if step.notice in ("discarded", "none") else "ended"
+            outcomes.append(_discard(cfg, store, mta, step, verb, dry_run, event="expired"))
         except FwdmilterError as exc:
             outcomes.append(Outcome(entry, False, str(exc)))
     return outcomes

@@ -220,7 +220,7 @@ def test_show_list_and_dry_run_change_nothing(world: World) -> None:
     w.mail.assert_nothing_for(target, match=lambda m: f"held {tok}" in str(m.email["Subject"]))
     later = str(time.time() + 31 * 86400)
     dry = w.fm.fwdctl("held", "expire", "--now", later, "--dry-run")
-    assert f"{entry['entry_id']}: would be expired with its held message" in dry.stdout
+    assert f"{entry['entry_id']}: would be discarded with its held message" in dry.stdout
     assert len(w.held("--target", target)) == 1
     # Errors: a word each, the documented status, never a traceback.
     for args, status, text in (

@@ -127,10 +127,10 @@ def _delete_file(store: Store, mta: MTA, entry: HeldEntry, dry_run: bool) -> str
     one); a note for the outcome."""
     if not entry.queue_id:
         return ""
+    if dry_run:
+        return " with its held message"  # as decided: nothing changed meanwhile
     if not machine.file_unneeded(entry, store.held_by_queue(entry.host, entry.queue_id)):
         return " (its held message stays: another entry needs it)"
-    if dry_run:
-        return " with its held message"
     return " with its held message" if mta.delete(entry.queue_id) else " (no longer in the queue)"
 
 
@@ -446,6 +446,9 @@ def expire(
     ``held.retention_days``, telling the contact what happened."""
     me = instance or cfg.milter.instance
     entries = store.held()
+    by_file: dict[tuple[str, str], list[HeldEntry]] = {}
+    for e in entries:
+        by_file.setdefault((e.host, e.queue_id), []).append(e)
     view: QueueView | None = None
     outcomes: list[Outcome] = []
     for entry in entries:
@@ -458,7 +461,9 @@ def expire(
                 now,
                 cfg.held.retention_days,
                 view or QueueView(),
-                store.held_by_queue(entry.host, entry.queue_id) if entry.queue_id else (),
+                # From the list in hand (one read for the whole run);
+                # _delete_file asks the store again before deleting.
+                by_file.get((entry.host, entry.queue_id), ()),
             )
             if step is None or isinstance(step, Skip):
                 continue
@@ -471,7 +476,12 @@ def expire(
                     outcomes.append(_apply_release(store, fresh, rec, dry_run))
                 continue
             verb = "discarded" if step.notice in ("discarded", "none") else "ended"
-            outcomes.append(_discard(cfg, store, mta, step, verb, dry_run, event="expired"))
+            outcome = _discard(cfg, store, mta, step, verb, dry_run, event="expired")
+            outcomes.append(outcome)
+            if outcome.done:
+                # Gone (or, in a dry run, as good as gone): it no longer
+                # keeps the held message of the entries after it.
+                by_file[(entry.host, entry.queue_id)].remove(entry)
         except FwdmilterError as exc:
             outcomes.append(Outcome(entry, False, str(exc)))
     return outcomes

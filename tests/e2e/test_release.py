@@ -309,3 +309,54 @@ def test_a_refused_alert_recipient_does_not_stop_the_others(world: World) -> Non
     out = w.fm.fwdctl("held", "expire")
     assert target not in out.stdout
     w.fm.fwdctl("held", "drop", "--id", entry["entry_id"])
+
+
+def test_expiry_of_two_entries_sharing_a_file_deletes_it_once_both_are_gone(
+    world: World,
+) -> None:
+    w = world
+    rcpt_a, target_a, tok = forwarding(w, contact=f"ca{unique()}@mobile.example")
+    rcpt_b, target_b, _ = forwarding(w)
+    with w.sink.refusing(target_a), w.sink.refusing(target_b):
+        assert w.send(f"s{tok}@softfail.example", [rcpt_a, rcpt_b], f"both {tok}").accepted
+        a = wait_state(w, target_a, "H")
+        wait_state(w, target_b, "H")
+    later = str(time.time() + 31 * 86400)
+    out = w.fm.fwdctl("held", "expire", "--now", later).stdout
+    lines = [line for line in out.splitlines() if a["entry_id"] in line]
+    assert len(lines) == 2, out
+    assert sum("discarded with its held message" in line for line in lines) == 1, lines
+    assert a["queue_id"] not in w.hold_queue()
+    assert w.held("--target", target_a) == w.held("--target", target_b) == []
+
+
+def test_expiring_requeued_mail_never_says_discarded(world: World) -> None:
+    w = world
+    contact = f"c{unique()}@mobile.example"
+    _, target, tok, _ = hold_one(w, contact=contact)
+    w.border.set_main(defer_transports="smtp")
+    try:
+        w.fm.fwdctl("held", "requeue", "--target", target)
+        requeued = wait_state(w, target, "R")
+        # 31 days after the requeue, the requeued message still queued.
+        later = str(time.time() + 31 * 86400)
+        out = w.fm.fwdctl("held", "expire", "--now", later).stdout
+        assert (
+            f"{target} {requeued['entry_id']}: ended (it was sent again and is still queued as"
+            f" {requeued['requeue_id']}) and told"
+        ) in out, out
+        assert w.held("--target", target) == []
+    finally:
+        w.border.set_main(defer_transports=None)
+    deadline = time.monotonic() + 30
+    while requeued["requeue_id"] in {q.queue_id for q in w.border.queue()}:
+        assert time.monotonic() < deadline, w.border.explain()
+        w.border.flush()
+        time.sleep(0.5)
+    w.mail.wait_for(target, match=lambda m: f"held {tok}" in str(m.email["Subject"]))
+    notice = w.mail.wait_for(contact, match=lambda m: "sent again" in str(m.email["Subject"]))
+    subject = " ".join(str(notice.email["Subject"]).split())
+    assert subject == f"Held mail for {target} was sent again and is still on its way"
+    body = " ".join(notice.email.get_content().split())
+    assert "Nothing was discarded" in body and requeued["requeue_id"] in body
+    w.mail.assert_nothing_for(contact, match=lambda m: "discarded" in str(m.email["Subject"]))

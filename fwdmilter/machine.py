@@ -66,6 +66,14 @@ CHECK_GRACE_SECONDS: Final = 600.0
 NoticeKind = Literal["none", "discarded", "under-way", "requeued"]
 
 
+def _null_sender(sender: str) -> bool:
+    # Sendmail's qf files say "<>"; Postfix's postqueue -j says
+    # "MAILER-DAEMON" (a real sender always has a domain by then: Postfix
+    # appends $myorigin to a bare local part).
+    bare = strip_brackets(sender)
+    return bare == "" or bare.upper() == "MAILER-DAEMON"
+
+
 @dataclass(frozen=True, slots=True)
 class QueueView:
     """What the MTA's queues hold now, as the admin's transitions see it."""
@@ -89,7 +97,7 @@ class QueueView:
             queued.add(queue_id)
             if queue == "hold":
                 held.add(queue_id)
-            if strip_brackets(sender) == "":
+            if _null_sender(sender):
                 bounces.update(key(r) for r in recipients)
         return cls(frozenset(held), frozenset(queued), frozenset(bounces))
 

@@ -150,7 +150,10 @@ def test_queue_view_from_listings() -> None:
     )
     assert view.held == {"H1"}
     assert view.queued == {"H1", "D1", "A1"}
-    assert view.bounces_to == {"srs0=x@fwd.example"}
+    # Postfix's postqueue -j names the null sender MAILER-DAEMON; Sendmail "<>".
+    assert view.bounces_to == {"srs0=x@fwd.example", "y@z.example"}
+    view = QueueView.of([("queue", "S1", "<>", ["<SRS0=Y@fwd.example>"])])
+    assert view.bounces_to == {"srs0=y@fwd.example"}
 
 
 # -- expire ----------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import logging
 import re
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from fwdmilter import addr, dsn, machine
@@ -121,16 +121,61 @@ def _retrace(message: bytes, trace_value: str) -> bytes:
     return nl.join([new, *kept]) + rest
 
 
-def _delete_file(store: Store, mta: MTA, entry: HeldEntry, dry_run: bool) -> str:
-    """Delete the entry's held message unless another entry needs it now
-    (read again just before: a concurrent fwdctl or milter may have added
-    one); a note for the outcome."""
+#: Up to this many entries, a run asks the store who shares each held
+#: message (Store.held_by_queue); more, and it reads every entry once.
+_FEW: Final = 8
+
+
+class _Files:
+    """Which entries name which held message, as one run knows it.
+
+    Read once per run (or per file, for a run over a few entries) and kept
+    current as the run changes entries. A copy that is out of date can only
+    count too many entries as needing a file, never too few: nobody adds an
+    entry naming an existing held message (the milter holds each bounce in
+    a new queue file; a requeued message that fails again is held in a new
+    one), so other processes only ever take needers away. At worst a file
+    stays that nobody needs, which ``held check`` reports.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        entries: Sequence[HeldEntry],
+        everything: Sequence[HeldEntry] | None = None,
+    ) -> None:
+        self._store = store
+        self._by: dict[tuple[str, str], list[HeldEntry]] = {}
+        self._complete = everything is not None or len(entries) > _FEW
+        if self._complete:
+            for e in everything if everything is not None else store.held():
+                self._by.setdefault((e.host, e.queue_id), []).append(e)
+
+    def sharing(self, entry: HeldEntry) -> list[HeldEntry]:
+        where = (entry.host, entry.queue_id)
+        if where not in self._by and not self._complete and entry.queue_id:
+            self._by[where] = self._store.held_by_queue(entry.host, entry.queue_id)
+        return self._by.get(where, [])
+
+    def changed(self, entry: HeldEntry, now: HeldEntry | None) -> None:
+        """``entry`` is now ``now`` (None: gone)."""
+        listed = self._by.get((entry.host, entry.queue_id))
+        if listed is not None:
+            me = (entry.target, entry.entry_id)
+            listed[:] = [o for o in listed if (o.target, o.entry_id) != me]
+            if now is not None:
+                listed.append(now)
+
+
+def _delete_file(files: _Files, mta: MTA, entry: HeldEntry, dry_run: bool) -> str:
+    """Delete the entry's held message unless another entry needs it; a
+    note for the outcome."""
     if not entry.queue_id:
         return ""
-    if dry_run:
-        return " with its held message"  # as decided: nothing changed meanwhile
-    if not machine.file_unneeded(entry, store.held_by_queue(entry.host, entry.queue_id)):
+    if not machine.file_unneeded(entry, files.sharing(entry)):
         return " (its held message stays: another entry needs it)"
+    if dry_run:
+        return " with its held message"
     return " with its held message" if mta.delete(entry.queue_id) else " (no longer in the queue)"
 
 
@@ -138,7 +183,14 @@ def _delete_file(store: Store, mta: MTA, entry: HeldEntry, dry_run: bool) -> str
 
 
 def _requeue_bounce(
-    cfg: Config, store: Store, mta: MTA, rewriter: SRS, step: Requeue, now: float, dry_run: bool
+    cfg: Config,
+    store: Store,
+    mta: MTA,
+    files: _Files,
+    rewriter: SRS,
+    step: Requeue,
+    now: float,
+    dry_run: bool,
 ) -> Outcome:
     entry = step.entry
     raw = mta.read(entry.queue_id)
@@ -157,6 +209,7 @@ def _requeue_bounce(
     except SRSError as exc:
         return Outcome(entry, False, f"cannot make an SRS address for {entry.sender}: {exc}")
     if dry_run:
+        files.changed(entry, replace(entry, state="R"))
         note = "" if step.delete_file else "; its held message stays (another entry needs it)"
         return Outcome(entry, True, f"would submit to {entry.target} from {sender}{note}")
     msg_id = _new_id()
@@ -197,13 +250,14 @@ def _requeue_bounce(
         return Outcome(entry, False, f"not sent, still held: {exc}")
     store.set_requeue_id(entry.target, entry.entry_id, queue_id, srs=sender, msg_id=msg_id)
     _log("requeued", entry, requeue_id=queue_id or "-", sender=sender)
-    note = _delete_file(store, mta, entry, dry_run=False) if step.delete_file else ""
+    files.changed(entry, replace(entry, state="R"))
+    note = _delete_file(files, mta, entry, dry_run=False) if step.delete_file else ""
     where = f" as {queue_id}" if queue_id else ""
     return Outcome(entry, True, f"submitted to {entry.target} from {sender}{where}{note}")
 
 
 def _requeue_null_sender(
-    cfg: Config, store: Store, mta: MTA, step: Requeue, dry_run: bool
+    cfg: Config, store: Store, mta: MTA, files: _Files, step: Requeue, dry_run: bool
 ) -> Outcome:
     entry = step.entry
     if dry_run:
@@ -219,7 +273,8 @@ def _requeue_null_sender(
     )
     store.drop(entry.target, entry.entry_id)
     _log("dropped", entry, why="forwarded")
-    note = _delete_file(store, mta, entry, dry_run=False)
+    files.changed(entry, None)
+    note = _delete_file(files, mta, entry, dry_run=False)
     return Outcome(entry, True, f"forwarded to {entry.target} with the null sender{note}")
 
 
@@ -236,22 +291,19 @@ def requeue(
 ) -> list[Outcome]:
     """Requeue the held entries given (H and N; R ones are under way)."""
     me = instance or cfg.milter.instance
+    entries = list(entries)
+    files = _Files(store, entries)
     outcomes: list[Outcome] = []
     for entry in entries:
         try:
-            step = machine.decide_requeue(
-                entry,
-                me,
-                store.held_by_queue(entry.host, entry.queue_id),
-                cfg.srs.max_age_days,
-            )
+            step = machine.decide_requeue(entry, me, files.sharing(entry), cfg.srs.max_age_days)
             if isinstance(step, Skip):
                 outcomes.append(Outcome(entry, False, step.why))
                 continue
             if step.null_sender:
-                outcome = _requeue_null_sender(cfg, store, mta, step, dry_run)
+                outcome = _requeue_null_sender(cfg, store, mta, files, step, dry_run)
             else:
-                outcome = _requeue_bounce(cfg, store, mta, rewriter, step, now, dry_run)
+                outcome = _requeue_bounce(cfg, store, mta, files, rewriter, step, now, dry_run)
         except FwdmilterError as exc:
             outcome = Outcome(entry, False, str(exc))
         outcomes.append(outcome)
@@ -337,14 +389,16 @@ def drop(
     cannot help. Nobody is told; an entry of another instance is left to it
     (or reached with ``instance``)."""
     me = instance or cfg.milter.instance
+    entries = list(entries)
+    files = _Files(store, entries)
     outcomes: list[Outcome] = []
     for entry in entries:
         try:
-            step = machine.decide_drop(entry, me, store.held_by_queue(entry.host, entry.queue_id))
+            step = machine.decide_drop(entry, me, files.sharing(entry))
             if isinstance(step, Skip):
                 outcomes.append(Outcome(entry, False, step.why))
                 continue
-            outcomes.append(_discard(cfg, store, mta, step, "dropped", dry_run))
+            outcomes.append(_discard(cfg, store, mta, files, step, "dropped", dry_run))
         except FwdmilterError as exc:
             outcomes.append(Outcome(entry, False, str(exc)))
     return outcomes
@@ -354,6 +408,7 @@ def _discard(
     cfg: Config,
     store: Store,
     mta: MTA,
+    files: _Files,
     step: Discard,
     verb: str,
     dry_run: bool,
@@ -375,15 +430,17 @@ def _discard(
             )
     note = ""
     if step.delete_file:
-        note = _delete_file(store, mta, entry, dry_run=dry_run)
+        note = _delete_file(files, mta, entry, dry_run=dry_run)
     elif machine.needs_file(entry):
         note = " (its held message stays: another entry needs it)"
     if dry_run:
+        files.changed(entry, None)  # as good as gone for the entries after it
         return Outcome(entry, True, f"would be {verb}{note}{notified}")
     # Delete first, then drop: a crash in between leaves an entry whose
     # file is gone, which `held check --fix` mends; the other order would
     # leave a file nobody lists.
     store.drop(entry.target, entry.entry_id)
+    files.changed(entry, None)
     _log(event, entry, notice=step.notice)
     if step.notice in ("under-way", "requeued"):
         note += " (it was sent again" + (
@@ -446,9 +503,7 @@ def expire(
     ``held.retention_days``, telling the contact what happened."""
     me = instance or cfg.milter.instance
     entries = store.held()
-    by_file: dict[tuple[str, str], list[HeldEntry]] = {}
-    for e in entries:
-        by_file.setdefault((e.host, e.queue_id), []).append(e)
+    files = _Files(store, entries, everything=entries)
     view: QueueView | None = None
     outcomes: list[Outcome] = []
     for entry in entries:
@@ -461,9 +516,7 @@ def expire(
                 now,
                 cfg.held.retention_days,
                 view or QueueView(),
-                # From the list in hand (one read for the whole run);
-                # _delete_file asks the store again before deleting.
-                by_file.get((entry.host, entry.queue_id), ()),
+                files.sharing(entry),
             )
             if step is None or isinstance(step, Skip):
                 continue
@@ -476,12 +529,7 @@ def expire(
                     outcomes.append(_apply_release(store, fresh, rec, dry_run))
                 continue
             verb = "discarded" if step.notice in ("discarded", "none") else "ended"
-            outcome = _discard(cfg, store, mta, step, verb, dry_run, event="expired")
-            outcomes.append(outcome)
-            if outcome.done:
-                # Gone (or, in a dry run, as good as gone): it no longer
-                # keeps the held message of the entries after it.
-                by_file[(entry.host, entry.queue_id)].remove(entry)
+            outcomes.append(_discard(cfg, store, mta, files, step, verb, dry_run, event="expired"))
         except FwdmilterError as exc:
             outcomes.append(Outcome(entry, False, str(exc)))
     return outcomes

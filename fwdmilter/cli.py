@@ -6,10 +6,13 @@
     fwdctl forward show RCPT [--json]
     fwdctl forward list [--json]
     fwdctl forward delete RCPT [--moved-to ADDR]
-    fwdctl held list [--target ADDR | --domain DOMAIN] [--json]
-    fwdctl held requeue --target ADDR | --domain DOMAIN
-    fwdctl held drop --target ADDR [--id ENTRY]
-    fwdctl held expire [--now UNIXTIME]
+    fwdctl held list [--target ADDR | --domain DOMAIN] [--state H|R|N] [--json]
+    fwdctl held show ID [--json]
+    fwdctl held requeue --target ADDR | --domain DOMAIN | --id ID [--dry-run]
+    fwdctl held drop --target ADDR | --id ID [--dry-run]
+    fwdctl held expire [--dry-run]
+    fwdctl held release [--dry-run]
+    fwdctl held check [--fix] [--json]
     fwdctl explain --client IP --helo NAME --from SENDER [--auth USER] [--json] RCPT...
     fwdctl stats [--json]
     fwdctl store migrate --to URL
@@ -18,8 +21,15 @@ Without ADDR, the srs commands read one address per line from standard
 input; results go to standard output, one line each, and a refusal prints
 an error line naming the address and the reason to standard error.
 
+Every ``held`` command takes ``--instance NAME``: act on the entries of
+that milter instance (``milter.instance`` of a host that was renamed or no
+longer runs) instead of this host's. ``ID`` is the entry id that ``held
+list`` prints (``INSTANCE/QUEUEID``).
+
 Exit status: 0 done; 1 something was refused or failed (each said on
-standard error); 2 the configuration, the store or the MTA cannot be used.
+standard error), or ``held check`` found something to mend; 2 the
+configuration, the store or the MTA cannot be used. No error prints a
+traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -73,7 +85,7 @@ def _map_addresses(fn: Callable[[str], str], addrs: Iterable[str], out: TextIO, 
 def _store(cfg: config.Config) -> Store:
     from fwdmilter.store import open_store  # noqa: PLC0415 - srs commands need no store
 
-    return open_store(cfg.store, instance=cfg.milter.hostname)
+    return open_store(cfg.store, instance=cfg.milter.instance)
 
 
 def _when(t: float) -> str:
@@ -223,10 +235,68 @@ def _held_dict(e: HeldEntry, now: float) -> dict[str, Any]:
     return asdict(e) | {"age_seconds": round(now - e.held_at)}
 
 
+def _held_line(e: HeldEntry, now: float) -> str:
+    where = "" if e.entry_id == f"{e.host}/{e.queue_id}" else f"  queue {e.host}/{e.queue_id}"
+    return (
+        f"{e.state}  {_age(now - e.held_at):>4}  {e.target}  from <{e.sender}>  "
+        f"id {e.entry_id}{where}  {e.reason}"
+    )
+
+
 def _selected(store: Store, args: argparse.Namespace) -> list[HeldEntry]:
-    target = addr.key(args.target) if args.target else None
-    domain = args.domain.lower().rstrip(".") if args.domain else None
-    return store.held(target=target, domain=domain)
+    target = addr.key(args.target) if getattr(args, "target", None) else None
+    domain = args.domain.lower().rstrip(".") if getattr(args, "domain", None) else None
+    entries = store.held(target=target, domain=domain)
+    if getattr(args, "id", None):
+        entries = [e for e in entries if _is(e, args.id)]
+    if getattr(args, "state", None):
+        entries = [e for e in entries if e.state == args.state]
+    return entries
+
+
+def _is(entry: HeldEntry, wanted: str) -> bool:
+    """``wanted`` names the entry: its id, or HOST/QUEUEID of its held message."""
+    return wanted in (entry.entry_id, f"{entry.host}/{entry.queue_id}")
+
+
+def _by_id(store: Store, wanted: str) -> list[HeldEntry]:
+    found = [e for e in store.held() if _is(e, wanted)]
+    if not found:
+        raise UsageError(f"{wanted}: no such held entry (see fwdctl held list)")
+    return found
+
+
+def _report(outcomes: Sequence[Any], dry_run: bool = False) -> int:
+    status = EXIT_OK
+    for o in outcomes:
+        line = f"{o.entry.target} {o.entry.entry_id}: {o.message}"
+        if o.done:
+            print(("dry run: " if dry_run else "") + line)
+        else:
+            print(f"fwdctl: {line}", file=sys.stderr)
+            status = EXIT_REFUSED
+    return status
+
+
+def _show(e: HeldEntry, now: float) -> None:
+    print(f"{e.entry_id}  {e.state}  {e.target}")
+    for name, value in (
+        ("sender", f"<{e.sender}>"),
+        ("recipient", e.rcpt or "-"),
+        ("held message", f"{e.host}/{e.queue_id}"),
+        ("reason", e.reason),
+        ("held", f"{_when(e.held_at)} ({_age(now - e.held_at)} ago)"),
+        ("requeued", _when(e.requeued_at)),
+        ("requeued as", e.requeue_id or "-"),
+        ("srs", e.srs or "-"),
+        ("contact", e.contact or "-"),
+        (
+            "alerted",
+            ("yes" if e.alerted else "not yet")
+            + (" (" + ", ".join(e.alerted_to) + ")" if e.alerted_to else ""),
+        ),
+    ):
+        print(f"  {name + ':':<13} {value}")
 
 
 def cmd_held(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -236,45 +306,103 @@ def cmd_held(args: argparse.Namespace, cfg: config.Config) -> int:
     store = _store(cfg)
     try:
         now = args.now if getattr(args, "now", None) is not None else time.time()
+        instance = getattr(args, "instance", None) or cfg.milter.instance
+        dry_run = bool(getattr(args, "dry_run", False))
         sub = args.held_command
         if sub == "list":
             entries = _selected(store, args)
+            if args.instance:
+                entries = [e for e in entries if e.host == args.instance]
             if args.json:
                 _print_json([_held_dict(e, now) for e in entries])
                 return EXIT_OK
             if not entries:
                 print("nothing is held")
             for e in entries:
-                print(
-                    f"{e.state}  {_age(now - e.held_at):>4}  {e.target}  from <{e.sender}>  "
-                    f"queue {e.host}/{e.queue_id}  {e.reason}"
-                )
+                print(_held_line(e, now))
+            return EXIT_OK
+        if sub == "show":
+            found = _by_id(store, args.entry)
+            if args.json:
+                _print_json([_held_dict(e, now) for e in found])
+            else:
+                for e in found:
+                    _show(e, now)
             return EXIT_OK
         mta = open_mta(cfg.mta)
         if sub == "requeue":
-            if not (args.target or args.domain):
-                raise UsageError("held requeue needs --target ADDR or --domain DOMAIN")
-            outcomes = held.requeue(cfg, store, mta, make_srs(cfg), _selected(store, args), now)
+            if not (args.target or args.domain or args.id):
+                raise UsageError("held requeue needs --target ADDR, --domain DOMAIN or --id ID")
+            entries = (
+                _by_id(store, args.id) if args.id and not args.target else _selected(store, args)
+            )
+            outcomes = held.requeue(
+                cfg, store, mta, make_srs(cfg), entries, now, instance=instance, dry_run=dry_run
+            )
             if not outcomes:
                 print("nothing is held for that")
         elif sub == "drop":
-            entries = [e for e in _selected(store, args) if args.id in (None, e.entry_id)]
-            outcomes = held.drop(cfg, store, mta, entries)
+            if not (args.target or args.id):
+                raise UsageError("held drop needs --target ADDR or --id ID")
+            entries = (
+                _by_id(store, args.id) if args.id and not args.target else _selected(store, args)
+            )
+            outcomes = held.drop(cfg, store, mta, entries, instance=instance, dry_run=dry_run)
             if not outcomes:
                 print("nothing is held for that")
+        elif sub == "release":
+            outcomes = held.release(cfg, store, mta, instance=instance, dry_run=dry_run)
+        elif sub == "check":
+            return _check(cfg, store, mta, now, instance, args)
         else:  # expire
-            outcomes = held.expire(cfg, store, mta, now) + held.resend_alerts(cfg, store)
-        status = EXIT_OK
-        for o in outcomes:
-            line = f"{o.entry.target} {o.entry.host}/{o.entry.queue_id}: {o.message}"
-            if o.done:
-                print(line)
-            else:
-                print(f"fwdctl: {line}", file=sys.stderr)
-                status = EXIT_REFUSED
-        return status
+            outcomes = held.expire(cfg, store, mta, now, instance=instance, dry_run=dry_run)
+            if not dry_run:
+                outcomes += [
+                    held.Outcome(e, ok, text)
+                    for e, ok, text in held.resend_alerts(cfg, store, instance)
+                ]
+        return _report(outcomes, dry_run)
     finally:
         store.close()
+
+
+def _check(
+    cfg: config.Config,
+    store: Store,
+    mta: Any,
+    now: float,
+    instance: str,
+    args: argparse.Namespace,
+) -> int:
+    from fwdmilter import held  # noqa: PLC0415
+
+    report, outcomes = held.check(cfg, store, mta, now, instance=instance, fix=args.fix)
+    if args.json:
+        _print_json(
+            {
+                "instance": instance,
+                "missing": [e.entry_id for e in report.missing],
+                "orphans": list(report.orphans),
+                "fixed": [
+                    o.entry.entry_id for o in outcomes if o.done and o.entry in report.missing
+                ],
+                "released": [o.entry.entry_id for o in outcomes if o.done and o.entry.state == "R"],
+            }
+        )
+    else:
+        for q in report.orphans:
+            print(
+                f"fwdctl: held message {instance}/{q} is listed by no entry: left in the hold"
+                f" queue (look at it with the MTA's tools; delete it there if it is not needed)",
+                file=sys.stderr,
+            )
+        status = _report(outcomes)
+        if not (report.orphans or report.missing or outcomes):
+            print(f"the hold queue of {instance} and the store agree")
+        if status != EXIT_OK:
+            return status
+    mended = args.fix and not report.orphans
+    return EXIT_OK if mended or not (report.orphans or report.missing) else EXIT_REFUSED
 
 
 # -- stats and store -----------------------------------------------------------------
@@ -308,7 +436,7 @@ def cmd_store(args: argparse.Namespace, cfg: config.Config) -> int:
     dst_settings = config.with_store_url(cfg.store, args.to)
     src = _store(cfg)
     try:
-        dst = open_store(dst_settings, instance=cfg.milter.hostname)
+        dst = open_store(dst_settings, instance=cfg.milter.instance)
         try:
             counts = migrate(src, dst)
         finally:
@@ -375,6 +503,56 @@ def _add_explain(sub: Any) -> None:
     p_explain.set_defaults(func=cmd_explain)
 
 
+def _held_parser(sub: Any) -> None:
+    p_held = sub.add_parser("held", help="mail held instead of bounced to unverified senders")
+    held_sub = p_held.add_subparsers(
+        dest="held_command",
+        required=True,
+        metavar="list|show|requeue|drop|expire|release|check",
+    )
+
+    def held_command(name: str, text: str, dry_run: bool = True) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = held_sub.add_parser(name, help=text)
+        p.add_argument(
+            "--instance",
+            metavar="NAME",
+            help="act on the entries of this milter instance (default: milter.instance)",
+        )
+        if dry_run:
+            p.add_argument(
+                "--dry-run", action="store_true", help="say what would be done; change nothing"
+            )
+        return p
+
+    for name, text in (
+        ("list", "list held and requeued mail"),
+        ("requeue", "send held mail again, once the target is fixed"),
+        ("drop", "discard held mail now (nobody is told)"),
+    ):
+        p = held_command(name, text, dry_run=name != "list")
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--target", metavar="ADDR", help="only mail for this target")
+        if name != "drop":
+            group.add_argument("--domain", metavar="DOMAIN", help="only mail for targets in DOMAIN")
+        else:
+            p.set_defaults(domain=None)
+        p.add_argument("--id", metavar="ID", help="only this entry (its id, as listed)")
+        if name == "list":
+            p.add_argument("--state", choices=("H", "R", "N"), help="only entries in this state")
+            p.add_argument("--json", action="store_true")
+    p = held_command("show", "everything about one held entry", dry_run=False)
+    p.add_argument("entry", metavar="ID", help="the entry's id, as listed")
+    p.add_argument("--json", action="store_true")
+    p = held_command("expire", "discard held mail older than held.retention_days")
+    p.add_argument("--now", type=float, metavar="UNIXTIME", help=argparse.SUPPRESS)
+    held_command("release", "release requeued mail the MTA has delivered")
+    p = held_command("check", "compare the MTA's hold queue with the store", dry_run=False)
+    p.add_argument("--fix", action="store_true", help="drop the entries whose held message is gone")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--now", type=float, metavar="UNIXTIME", help=argparse.SUPPRESS)
+    p_held.set_defaults(func=cmd_held)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fwdctl", description="Administer fwdmilter: SRS, forwarding table, held mail."
@@ -385,6 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"configuration file (default: $FWDMILTER_CONFIG or {config.DEFAULT_CONFIG_PATH})",
     )
     parser.add_argument("--version", action="version", version=f"fwdctl {__version__}")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log each change (entry requeued, released, dropped) to standard error;"
+        " the default when run by systemd (the lines go to the journal)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p_srs = sub.add_parser("srs", help="rewrite or reverse addresses with this host's SRS secrets")
@@ -427,27 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moved-to", metavar="ADDR", help="refuse RCPT's mail with 551 naming ADDR")
     p_fwd.set_defaults(func=cmd_forward)
 
-    p_held = sub.add_parser("held", help="mail held instead of bounced to unverified senders")
-    held_sub = p_held.add_subparsers(
-        dest="held_command", required=True, metavar="list|requeue|drop|expire"
-    )
-    for name, text in (
-        ("list", "list held and requeued mail"),
-        ("requeue", "send held mail again, once the target is fixed"),
-    ):
-        p = held_sub.add_parser(name, help=text)
-        group = p.add_mutually_exclusive_group()
-        group.add_argument("--target", metavar="ADDR", help="only mail for this target")
-        group.add_argument("--domain", metavar="DOMAIN", help="only mail for targets in DOMAIN")
-        if name == "list":
-            p.add_argument("--json", action="store_true")
-    p = held_sub.add_parser("drop", help="discard held mail now (nobody is told)")
-    p.add_argument("--target", metavar="ADDR", required=True, help="the target of the entries")
-    p.add_argument("--id", metavar="ENTRY", help="only this entry (HOST/QUEUEID, as listed)")
-    p.add_argument("--domain", default=None, help=argparse.SUPPRESS)
-    p = held_sub.add_parser("expire", help="discard held mail older than held.retention_days")
-    p.add_argument("--now", type=float, metavar="UNIXTIME", help=argparse.SUPPRESS)
-    p_held.set_defaults(func=cmd_held)
+    _held_parser(sub)
 
     _add_explain(sub)
 
@@ -466,6 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose or os.environ.get("JOURNAL_STREAM"):
+        # The log lines of fwdmilter.held (key=value, one per change).
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
         cfg = config.load(args.config)
         status: int = args.func(args, cfg)
@@ -475,6 +642,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FwdmilterError as exc:
         print(f"fwdctl: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except ValueError as exc:
+        # A value the store or a parser refuses (an address that cannot be
+        # stored...): the command asked for something that cannot be done.
+        print(f"fwdctl: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except OSError as exc:
+        print(f"fwdctl: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
     return status
 
 

@@ -170,6 +170,13 @@ def _fqdn() -> str:
     return socket.getfqdn()
 
 
+def _instance(value: Any) -> str | None:
+    # It is the first half of every held entry's id (INSTANCE/QUEUEID).
+    if value == "" or (value.isprintable() and not any(c.isspace() or c == "/" for c in value)):
+        return None
+    return f"must be a name without spaces or '/', not {value!r}"
+
+
 @dataclass(frozen=True, slots=True)
 class MilterSettings:
     """[milter]: how the MTA reaches the milter."""
@@ -186,6 +193,14 @@ class MilterSettings:
     loop_limit: int = field(default=2, metadata=_at_least(1, 100))
     #: Seconds SIGTERM waits for running transactions before the process exits.
     shutdown_timeout: float = field(default=30.0, metadata=_at_least(0.0))
+    #: A stable name of this milter instance: the ``host`` of the entries it
+    #: holds. Empty (the default): ``hostname``, so that entries held before
+    #: this key existed keep matching.
+    instance: str = field(default="", metadata=_check(_instance))
+
+    def __post_init__(self) -> None:
+        if not self.instance:
+            object.__setattr__(self, "instance", self.hostname)
 
 
 @dataclass(frozen=True, slots=True)

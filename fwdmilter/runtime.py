@@ -63,7 +63,7 @@ def policy_settings(cfg: config.Config) -> policy.Settings:
         loop_limit=cfg.milter.loop_limit,
         rewrite="when-needed" if cfg.srs.rewrite == "when-needed" else "always",
         max_age_days=cfg.srs.max_age_days,
-        instance=cfg.milter.hostname,
+        instance=cfg.milter.instance,
         max_entries_per_bounce=cfg.held.max_entries_per_bounce,
     )
 
@@ -78,7 +78,7 @@ def build(
     reload that keeps the store URL keeps its connections)."""
     settings = policy_settings(cfg)
     if store is None:
-        store = open_store(cfg.store, instance=cfg.milter.hostname)
+        store = open_store(cfg.store, instance=cfg.milter.instance)
     return Runtime(
         cfg=cfg,
         settings=settings,

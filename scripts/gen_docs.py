@@ -67,9 +67,17 @@ MEANINGS: Final[dict[str, str]] = {
         "This host's name. It is the authserv-id of the `Authentication-Results` header"
         " the milter adds (headers that arrive claiming it are removed), the `by=` of"
         " its `Fwdmilter-Trace` header, the HELO name of the mail `fwdctl` and the alerts"
-        " submit, and the host that held entries name: `fwdctl held requeue` and `expire`"
-        " act only on entries held on this host. Hosts sharing a store need different"
-        " names."
+        " submit, and the default of `milter.instance` (the name held entries carry)."
+        " Hosts sharing a store need different names."
+    ),
+    "milter.instance": (
+        "A stable name for this milter instance, set once per host: the `host` of the"
+        " held entries it creates and the first half of their ids (`INSTANCE/QUEUEID`)."
+        " `fwdctl held` acts on this instance's entries unless given `--instance NAME`,"
+        " which lets an admin list, requeue, drop and expire the entries of a host that was"
+        " renamed or no longer runs. By default it is `milter.hostname`, so that entries"
+        " held before this key existed keep matching; set it before renaming a host."
+        " Hosts sharing a store need different instances."
     ),
     "milter.loop_limit": (
         "A message that arrives carrying more of this forwarder's `Fwdmilter-Trace`"
@@ -305,6 +313,8 @@ def _values(field: dataclasses.Field[Any], hint: Any) -> str:
 
 
 def _default(section: str, field: dataclasses.Field[Any]) -> str:
+    if (section, field.name) == ("milter", "instance"):
+        return "the value of `milter.hostname`"
     if field.default is not dataclasses.MISSING:
         return "`" + _toml(field.default) + "`" if field.default != "" else '`""`'
     if field.name == "hostname":

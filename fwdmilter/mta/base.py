@@ -23,7 +23,9 @@ __all__ = ["QueuedMessage", "MTA"]
 
 @dataclass(frozen=True, slots=True)
 class QueuedMessage:
-    """One message in the MTA's hold (quarantine) queue."""
+    """One message in the MTA's queue: the hold (quarantine) queue unless
+    ``queue`` says otherwise (Postfix: incoming, active, deferred, hold,
+    corrupt; Sendmail: "queue" for a qf file, "hold" for an hf file)."""
 
     queue_id: str
     sender: str
@@ -32,6 +34,7 @@ class QueuedMessage:
     size: int
     reason: str = ""  # the quarantine reason, where the MTA keeps one
     extra: dict[str, str] = field(default_factory=dict)
+    queue: str = "hold"
 
 
 class MTA(abc.ABC):
@@ -52,6 +55,12 @@ class MTA(abc.ABC):
     @abc.abstractmethod
     def delete(self, queue_id: str) -> bool:
         """Delete the held message ``queue_id``. False if it was not there."""
+
+    @abc.abstractmethod
+    def queued(self) -> list[QueuedMessage]:
+        """Every message the MTA has in any of its queues, held or not: the
+        requeued message of an R entry has left once it is not among them
+        (release), and a bounce waiting in the queue is one of them."""
 
     def is_held(self, queue_id: str) -> bool:
         """True if ``queue_id`` is in the hold queue."""

@@ -79,13 +79,14 @@ class Postfix(MTA):
                     ) from None
         return out
 
-    def held(self) -> list[QueuedMessage]:
-        held: list[QueuedMessage] = []
+    def queued(self) -> list[QueuedMessage]:
+        # postqueue -j lists every queue (incoming, active, deferred, hold,
+        # corrupt): a message is in one of them until it is delivered,
+        # bounced or deleted.
+        out: list[QueuedMessage] = []
         for entry in self.queue():
-            if entry.get("queue_name") != "hold":
-                continue
             rcpts = entry.get("recipients") or []
-            held.append(
+            out.append(
                 QueuedMessage(
                     queue_id=str(entry.get("queue_id", "")),
                     sender=str(entry.get("sender", "")),
@@ -96,9 +97,13 @@ class Postfix(MTA):
                     else (),
                     arrival=float(str(entry.get("arrival_time", 0))),
                     size=int(str(entry.get("message_size", 0))),
+                    queue=str(entry.get("queue_name", "")),
                 )
             )
-        return held
+        return out
+
+    def held(self) -> list[QueuedMessage]:
+        return [m for m in self.queued() if m.queue == "hold"]
 
     def read(self, queue_id: str) -> bytes:
         self._check_id(queue_id)

@@ -372,6 +372,14 @@ class Sendmail(MTA):
     # -- the contract ---------------------------------------------------------------
 
     def held(self) -> list[QueuedMessage]:
+        return self._listed(("hf",))
+
+    def queued(self) -> list[QueuedMessage]:
+        # A qf file is a message Sendmail will deliver (or is delivering);
+        # an hf file a quarantined one. Both go when the message is done.
+        return self._listed(("qf", "hf"))
+
+    def _listed(self, kinds: tuple[str, ...]) -> list[QueuedMessage]:
         held: list[QueuedMessage] = []
         for qdir in self._queue_dirs():
             try:
@@ -379,7 +387,7 @@ class Sendmail(MTA):
             except OSError as exc:
                 raise MTAError(f"cannot list {qdir}: {exc.strerror}") from None
             for name in names:
-                if not name.startswith("hf") or not _QUEUE_ID.match(name[2:]):
+                if name[:2] not in kinds or not _QUEUE_ID.match(name[2:]):
                     continue
                 queue_id = name[2:]
                 try:
@@ -402,6 +410,7 @@ class Sendmail(MTA):
                         size=size,
                         reason=control.quarantine,
                         extra={"queue_dir": str(qdir)},
+                        queue="hold" if name.startswith("hf") else "queue",
                     )
                 )
         return held

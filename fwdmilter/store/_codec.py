@@ -9,9 +9,11 @@ it was found, never a ``KeyError`` from deep inside the milter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Final, cast
 
+from fwdmilter.addr import key
 from fwdmilter.errors import StoreSchemaError
 from fwdmilter.store.base import (
     Forward,
@@ -31,6 +33,12 @@ __all__ = [
     "MESSAGE_FIELDS",
     "MESSAGE_STATES",
     "check_state",
+    "join_addresses",
+    "key",
+    "norm_entry",
+    "norm_forward",
+    "norm_record",
+    "split_addresses",
     "forward_fields",
     "forward_from",
     "held_fields",
@@ -83,10 +91,48 @@ HELD_FIELDS: Final = (
     "contact",
     "requeued_at",
     "alerted",
+    "requeue_id",
+    "alerted_to",
 )
 MESSAGE_STATES: Final[frozenset[str]] = frozenset({"B", "U", "R", "H", "done"})
 HELD_STATES: Final[frozenset[str]] = frozenset({"H", "R", "N"})
 NULL_SENDER_POLICIES: Final[frozenset[str]] = frozenset({"forward", "hold"})
+
+
+def join_addresses(addresses: Iterable[str]) -> str:
+    """A list of addresses as one field: one per line (no address holds a
+    line break, RFC 5321 section 4.1.2)."""
+    return "\n".join(addresses)
+
+
+def split_addresses(text: str) -> tuple[str, ...]:
+    return tuple(a for a in text.split("\n") if a)
+
+
+# -- the one normal form ------------------------------------------------------
+# Every address in a key position goes through fwdmilter.addr.key on its way
+# in, whoever the caller is, so that a forward typed in capitals, its
+# target's held entries and their counters always agree. Other addresses
+# (the sender, the contact, moved_to) are kept as written: they are never
+# looked up.
+
+
+def norm_forward(f: Forward) -> Forward:
+    return replace(f, rcpt=key(f.rcpt), target=key(f.target))
+
+
+def norm_record(r: MessageRecord) -> MessageRecord:
+    return replace(r, srs=key(r.srs), rcpt=key(r.rcpt), target=key(r.target))
+
+
+def norm_entry(e: HeldEntry) -> HeldEntry:
+    return replace(
+        e,
+        target=key(e.target),
+        rcpt=key(e.rcpt),
+        srs=key(e.srs),
+        alerted_to=tuple(dict.fromkeys(key(a) for a in e.alerted_to)),
+    )
 
 
 def _num(value: float) -> str:
@@ -141,6 +187,8 @@ def held_fields(e: HeldEntry) -> dict[str, str]:
         "contact": e.contact,
         "requeued_at": _num(e.requeued_at),
         "alerted": "1" if e.alerted else "0",
+        "requeue_id": e.requeue_id,
+        "alerted_to": join_addresses(e.alerted_to),
     }
 
 
@@ -237,6 +285,8 @@ def held_from(data: Mapping[str, object], where: str) -> HeldEntry:
         contact=r.text("contact", ""),
         requeued_at=r.number("requeued_at", 0.0),
         alerted=r.flag("alerted"),
+        requeue_id=r.text("requeue_id", ""),
+        alerted_to=split_addresses(r.text("alerted_to", "")),
     )
 
 

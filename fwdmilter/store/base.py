@@ -31,9 +31,15 @@ count, atomically, so they are exact under any concurrency.
 
 Addresses
 ---------
-Every address argument is used as given; the callers lower-case keys with
-:func:`fwdmilter.addr.key` before they reach the store, so lookups ignore
-case as mail admins expect.
+The store keeps one normal form of every address it looks up: it applies
+:func:`fwdmilter.addr.key` itself on every write and every lookup (a
+forward's ``rcpt`` and ``target``, a record's ``srs``, ``rcpt`` and
+``target``, an entry's ``target``, ``rcpt`` and ``srs``, the per-target
+counters), whatever form the caller passes. A forward typed
+``Nobody@Broken.Example`` and the held entries of ``nobody@broken.example``
+are one target, counted once. Items read back carry the normal form.
+Schema version 1 stored addresses as given; opening such a store migrates
+it (re-keys mixed-case data, rebuilds the counters from the entries).
 
 Failures
 --------
@@ -91,7 +97,7 @@ __all__ = [
 
 #: Version of the stored data's layout; a backend refuses data of a newer one
 #: and migrates older data forward when it opens.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 #: The names the store used before the types moved to :mod:`fwdmilter.states`.
 MessageState = RecordState
@@ -234,10 +240,27 @@ class Store(abc.ABC):
 
         The entry now names the new held bounce: ``queue_id``, ``host`` and
         ``reason`` are replaced, ``held_at`` becomes ``now`` (its retention
-        starts again) and ``alerted`` becomes False (the new bounce is news
-        to the recipient's contact). ``requeued_at`` keeps the time of the
+        starts again), ``alerted`` becomes False and ``alerted_to`` empty (the
+        new bounce is news to the recipient's contact), ``requeue_id`` is
+        cleared. ``requeued_at`` keeps the time of the
         last requeue. False unless it was R.
         """
+
+    @abc.abstractmethod
+    def unrequeue(self, target: str, entry_id: str) -> bool:
+        """R -> H for an entry whose requeue never left (the submission
+        failed): the opposite of :meth:`mark_requeued`. ``held_at``,
+        ``alerted`` and ``alerted_to`` are kept (nothing new happened to the
+        mail); ``requeue_id`` is cleared. False unless it was R."""
+
+    @abc.abstractmethod
+    def set_requeue_id(
+        self, target: str, entry_id: str, requeue_id: str, srs: str = "", msg_id: str = ""
+    ) -> bool:
+        """Note the MTA's queue id of an R entry's requeued message and, when
+        given, the SRS address and trace id it went out with (they replace
+        ``srs`` and ``msg_id``: a bounce of the requeued message comes back
+        there). False unless the entry is R."""
 
     @abc.abstractmethod
     def release(self, target: str, entry_id: str) -> bool:
@@ -248,8 +271,21 @@ class Store(abc.ABC):
         """Remove an entry in any state (expiry). False if it was not there."""
 
     @abc.abstractmethod
-    def mark_alerted(self, target: str, entry_id: str) -> bool:
-        """Note that the alert for an entry went out. False if it is gone."""
+    def mark_alerted(
+        self, target: str, entry_id: str, told: Sequence[str] = (), *, complete: bool = True
+    ) -> bool:
+        """Note who was dealt with (told, or refused the alert for good: a
+        bad address is not tried again) for an entry: ``told`` is added to
+        ``alerted_to`` (normal form, no duplicates), and ``alerted`` becomes
+        ``complete`` (True: nobody is left to tell; False: some recipients
+        failed and the daily resend tries them again). Atomic. False if the
+        entry is gone."""
+
+    @abc.abstractmethod
+    def held_by_queue(self, host: str, queue_id: str) -> list[HeldEntry]:
+        """Every entry (any target, any state) naming the queue file
+        ``queue_id`` of ``host``: several targets may share one held
+        message, which is deleted only when none of them needs it."""
 
     @abc.abstractmethod
     def held_counts(self, target: str) -> tuple[int, int]:

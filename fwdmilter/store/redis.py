@@ -12,6 +12,13 @@ Keys (``P`` is ``store.prefix``; docs/redis.md shows them in redis-cli)::
     P:web-token:KIND:{DIGEST}         HASH    a web token (fwdweb), TTL = its expiry
     P:web-tokens:{RCPT}:KIND          SET     the digests of RCPT's tokens of KIND
     P:web-rate:{KEY}:START            STRING  hits in the window from START, TTL 2 windows
+    P:migrating                       STRING  held while one process migrates the layout
+
+Every address in a key (RCPT, SRS, TARGET) and in the fields the store looks
+up is in the normal form of :func:`fwdmilter.addr.key`: the store applies it
+on every write and lookup. Schema version 1 kept addresses as given;
+:meth:`RedisStore._migrate_v1` re-keys such data and rebuilds every counter
+from the entries when a version-2 fwdmilter first opens the store.
 
 The ``{...}`` part is a Redis Cluster hash tag: every key of one SRS address,
 and every key of one target, lives in one slot, so the multi-key updates below
@@ -47,7 +54,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import re
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -63,6 +72,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from fwdmilter.addr import domain_of
+from fwdmilter.addr import key as _k
 from fwdmilter.config import StoreSettings
 from fwdmilter.errors import ConfigError, StoreError, StoreSchemaError, StoreUnavailable
 from fwdmilter.store import _codec
@@ -82,6 +92,8 @@ from fwdmilter.store.base import (
 )
 
 __all__ = ["RedisStore", "REDIS_ERRORS", "open_redis", "translate_error"]
+
+log = logging.getLogger(__name__)
 
 
 #: Every exception redis-py raises (RedisClusterException is not a RedisError).
@@ -108,8 +120,8 @@ _TEMPORARY_REPLIES: Final = frozenset(
 #: Versions whose data the next version reads as it is (it only added hash
 #: fields that read as empty when missing, and keys of its own): opening
 #: such data just records the new version.
-#: 1 -> 2: a forward's pending target, and the web service's tokens.
-_NOTHING_TO_REWRITE: Final = frozenset({1})
+#: 2 -> 3: a forward's pending target, and the web service's tokens.
+_NOTHING_TO_REWRITE: Final = frozenset({2})
 
 #: How many recipients' targets rcpt_info remembers (the steady-state budget).
 DEFAULT_CACHE_SIZE: Final = 10_000
@@ -186,9 +198,55 @@ return 1
 _REHOLD = _Script("""
 if redis.call('HGET', KEYS[1], 'state') ~= 'R' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'H', 'queue_id', ARGV[1], 'host', ARGV[2],
-           'reason', ARGV[3], 'held_at', ARGV[4], 'alerted', '0')
+           'reason', ARGV[3], 'held_at', ARGV[4], 'alerted', '0', 'alerted_to', '',
+           'requeue_id', '')
 redis.call('HINCRBY', KEYS[3], 'R', -1)
 redis.call('HINCRBY', KEYS[3], 'H', 1)
+return 1
+""")
+
+# KEYS: entry, index, counters.  R -> H, keeping held_at and the alert marks.
+_UNREQUEUE = _Script("""
+if redis.call('HGET', KEYS[1], 'state') ~= 'R' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'H', 'requeue_id', '')
+redis.call('HINCRBY', KEYS[3], 'R', -1)
+redis.call('HINCRBY', KEYS[3], 'H', 1)
+return 1
+""")
+
+# KEYS: entry.  ARGV: requeue_id, srs, msg_id ("" keeps the field).
+_SET_REQUEUE_ID = _Script("""
+if redis.call('HGET', KEYS[1], 'state') ~= 'R' then return 0 end
+redis.call('HSET', KEYS[1], 'requeue_id', ARGV[1])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'srs', ARGV[2]) end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'msg_id', ARGV[3]) end
+return 1
+""")
+
+# KEYS: entry.  ARGV: complete ("1"/"0"), address...  Adds the addresses
+# (one per line in alerted_to) once each.
+_MARK_ALERTED = _Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local known = redis.call('HGET', KEYS[1], 'alerted_to') or ''
+local seen, list = {}, {}
+for a in string.gmatch(known, '[^\\n]+') do
+  if not seen[a] then seen[a] = true; table.insert(list, a) end
+end
+for i = 2, #ARGV do
+  local a = ARGV[i]
+  if a ~= '' and not seen[a] then seen[a] = true; table.insert(list, a) end
+end
+redis.call('HSET', KEYS[1], 'alerted', ARGV[1], 'alerted_to', table.concat(list, '\\n'))
+return 1
+""")
+
+# KEYS: counters.  ARGV: H, R.  Sets a target's counters (migration).
+_SET_COUNTS = _Script("""
+if tonumber(ARGV[1]) == 0 and tonumber(ARGV[2]) == 0 then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('HSET', KEYS[1], 'H', ARGV[1], 'R', ARGV[2])
+end
 return 1
 """)
 
@@ -301,6 +359,10 @@ _SCRIPTS: Final = (
     _DROP,
     _IMPORT_HELD,
     _SET_IF_EXISTS,
+    _UNREQUEUE,
+    _SET_REQUEUE_ID,
+    _MARK_ALERTED,
+    _SET_COUNTS,
 )
 
 
@@ -327,6 +389,7 @@ class RedisStore(Store):
         clock: Callable[[], float] = time.time,
         cache_size: int = DEFAULT_CACHE_SIZE,
         closing: Sequence[Callable[[], object]] = (),
+        migration_wait: float = 120.0,
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"store.prefix must be non-empty without braces, not {prefix!r}")
@@ -343,6 +406,7 @@ class RedisStore(Store):
         self._targets: OrderedDict[str, str] = OrderedDict()  # rcpt -> target last seen
         self._lock = threading.Lock()
         self._closing = [*closing, client.close]
+        self._migration_wait = migration_wait
         try:
             self._open()
         except BaseException:
@@ -351,18 +415,21 @@ class RedisStore(Store):
 
     # -- keys --------------------------------------------------------------------
 
+    # Every key is built from the normal form of its address.
+
     def _forward_key(self, rcpt: str) -> str:
-        return f"{self._prefix}:forward:{{{rcpt}}}"
+        return f"{self._prefix}:forward:{{{_k(rcpt)}}}"
 
     def _message_key(self, srs: str, record_id: str) -> str:
-        return f"{self._prefix}:message:{{{srs}}}:{record_id}"
+        return f"{self._prefix}:message:{{{_k(srs)}}}:{record_id}"
 
     def _messages_key(self, srs: str) -> str:
-        return f"{self._prefix}:messages:{{{srs}}}"
+        return f"{self._prefix}:messages:{{{_k(srs)}}}"
 
     def _held_keys(self, target: str, entry_id: str) -> list[str]:
         """The keys a held transition touches: entry, index, counters."""
         p = self._prefix
+        target = _k(target)
         return [
             f"{p}:held:{{{target}}}:{entry_id}",
             f"{p}:held-index:{{{target}}}",
@@ -370,10 +437,10 @@ class RedisStore(Store):
         ]
 
     def _count_key(self, target: str) -> str:
-        return f"{self._prefix}:held-count:{{{target}}}"
+        return f"{self._prefix}:held-count:{{{_k(target)}}}"
 
     def _index_key(self, target: str) -> str:
-        return f"{self._prefix}:held-index:{{{target}}}"
+        return f"{self._prefix}:held-index:{{{_k(target)}}}"
 
     @property
     def schema_key(self) -> str:
@@ -468,22 +535,140 @@ class RedisStore(Store):
                 f" written by a newer fwdmilter; this one knows version {SCHEMA_VERSION}."
                 " Upgrade fwdmilter on this host (or give it another store.prefix)."
             )
-        if version < SCHEMA_VERSION and all(
-            v in _NOTHING_TO_REWRITE for v in range(version, SCHEMA_VERSION)
-        ):
-            self._trip()
-            self._client.set(self.schema_key, SCHEMA_VERSION)
-            version = SCHEMA_VERSION
-        if version < SCHEMA_VERSION:
-            # A future version adds its migrations here, each in one script
-            # over the affected keys.
-            raise StoreSchemaError(
-                f"{self.name}: no migration from schema version {version} to {SCHEMA_VERSION}"
-            )
         # Loaded now so that the first mail does not pay for NOSCRIPT.
         for script in _SCRIPTS:
             self._trip()
             self._client.script_load(script.source)
+        if version == 1:
+            # 1 -> 2 re-keys; 2 -> 3 (the web service's keys) rewrites nothing.
+            self._migrate_v1(self._migration_wait)
+        elif version < SCHEMA_VERSION:
+            if not all(v in _NOTHING_TO_REWRITE for v in range(version, SCHEMA_VERSION)):
+                raise StoreSchemaError(
+                    f"{self.name}: no migration from schema version {version} to {SCHEMA_VERSION}"
+                )
+            self._trip()
+            self._client.set(self.schema_key, SCHEMA_VERSION)
+
+    # -- the migration from version 1 ---------------------------------------------
+
+    @property
+    def _migrating_key(self) -> str:
+        return f"{self._prefix}:migrating"
+
+    def _migrate_v1(self, wait: float) -> None:
+        """Version 1 -> 3: every address in its normal form, counters rebuilt
+        (the step to 3, the web service's keys, rewrites nothing).
+
+        One process migrates (it holds ``P:migrating``); another that opens
+        the store meanwhile waits for the version to change. Each step is
+        idempotent, so a migration cut short is finished by the next open.
+        Stop the milters of every host before upgrading: a version-1 milter
+        still running would go on writing addresses as given."""
+        token = secrets.token_hex(8)
+        deadline = time.monotonic() + wait
+        while not self._client.set(self._migrating_key, token, nx=True, ex=600):
+            time.sleep(0.2)
+            if int(self._client.get(self.schema_key) or 0) >= SCHEMA_VERSION:
+                return
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(
+                    f"{self.name}: another process has been migrating {self.prefix_desc}"
+                    f" for {wait:.0f}s (key {self._migrating_key}): try again later"
+                )
+        try:
+            if int(self._client.get(self.schema_key) or 0) >= SCHEMA_VERSION:
+                return
+            moved = self._rekey_forwards() + self._rekey_records() + self._rekey_entries()
+            self._rebuild_counters()
+            self._client.set(self.schema_key, SCHEMA_VERSION)
+            log.warning(
+                "store=%s migrated schema=1->%d rekeyed=%d", self.name, SCHEMA_VERSION, moved
+            )
+        finally:
+            if self._client.get(self._migrating_key) == token:
+                self._client.delete(self._migrating_key)
+
+    def _rekey_forwards(self) -> int:
+        moved = 0
+        for old_key, data in list(self._hgetall_batched(self._scan("forward"))):
+            f = _codec.forward_from(data, old_key)
+            n = _codec.norm_forward(f)
+            new_key = self._forward_key(n.rcpt)
+            if new_key == old_key and n == f:
+                continue
+            have = self._client.hgetall(new_key) if new_key != old_key else {}
+            if not have or _codec.forward_from(have, new_key).updated <= n.updated:
+                self._eval(_REPLACE_HASH, [new_key], _flat(_codec.forward_fields(n)))
+            if new_key != old_key:
+                self._client.delete(old_key)
+            moved += 1
+        return moved
+
+    def _rekey_records(self) -> int:
+        moved = 0
+        for old_key, data in list(self._hgetall_batched(self._scan("message"))):
+            r = _codec.record_from(data, old_key)
+            n = _codec.norm_record(r)
+            new_key = self._message_key(n.srs, n.record_id)
+            if new_key == old_key and n == r:
+                continue
+            ms = int(self._client.pttl(old_key))
+            if ms > 0:
+                args = [n.record_id, str(ms), *_flat(_codec.record_fields(n))]
+                self._eval(_IMPORT_RECORD, [new_key, self._messages_key(n.srs)], args)
+            if new_key != old_key:
+                self._client.delete(old_key)
+            moved += 1
+        for index in list(self._scan("messages")):
+            tag = self._tag(index, "messages")
+            if tag != _k(tag):
+                self._client.delete(index)  # its members are under the keyed set now
+        return moved
+
+    def _rekey_entries(self) -> int:
+        moved = 0
+        for old_key, data in list(self._hgetall_batched(self._scan("held"))):
+            e = _codec.held_from(data, old_key)
+            n = _codec.norm_entry(e)
+            keys = self._held_keys(n.target, n.entry_id)
+            if keys[0] == old_key and n == e:
+                continue
+            have = self._client.hgetall(keys[0]) if keys[0] != old_key else {}
+            if have:
+                other = _codec.held_from(have, keys[0])
+                keep_other = (other.state != "N", -other.held_at) >= (n.state != "N", -n.held_at)
+            else:
+                keep_other = False
+            if not keep_other:
+                self._eval(_REPLACE_HASH, [keys[0]], _flat(_codec.held_fields(n)))
+                self._client.sadd(keys[1], n.entry_id)
+            if keys[0] != old_key:
+                self._client.delete(old_key)
+                self._client.srem(self._index_key_raw(e.target), e.entry_id)
+            moved += 1
+        return moved
+
+    def _index_key_raw(self, target: str) -> str:
+        """A version-1 index key: the target as it was written."""
+        return f"{self._prefix}:held-index:{{{target}}}"
+
+    def _rebuild_counters(self) -> None:
+        counts: dict[str, list[int]] = {}
+        for name, data in self._hgetall_batched(self._scan("held")):
+            e = _codec.held_from(data, name)
+            c = counts.setdefault(e.target, [0, 0])
+            if e.state in ("H", "R"):
+                c[0 if e.state == "H" else 1] += 1
+        for index in list(self._scan("held-index")):
+            tag = self._tag(index, "held-index")
+            if tag not in counts:
+                self._client.delete(index)
+        for count_key in list(self._scan("held-count")):
+            if self._tag(count_key, "held-count") not in counts:
+                self._client.delete(count_key)
+        for target, (h, r) in counts.items():
+            self._eval(_SET_COUNTS, [self._count_key(target)], [str(h), str(r)])
 
     @property
     def prefix_desc(self) -> str:
@@ -501,10 +686,11 @@ class RedisStore(Store):
     def put_forward(self, forward: Forward) -> None:
         if not forward.rcpt:
             raise ValueError("a forward needs a recipient")
-        key = self._forward_key(forward.rcpt)
+        forward = _codec.norm_forward(forward)
+        name = self._forward_key(forward.rcpt)
         pipe = self._pipeline(transaction=True)
-        pipe.delete(key)
-        pipe.hset(key, mapping=_codec.forward_fields(forward))
+        pipe.delete(name)
+        pipe.hset(name, mapping=_codec.forward_fields(forward))
         self._trip()
         pipe.execute()
 
@@ -514,7 +700,7 @@ class RedisStore(Store):
             self._eval(_DELETE_FORWARD, [self._forward_key(rcpt)], [moved_to, repr(float(now))])
         )
         with self._lock:
-            self._targets.pop(rcpt, None)
+            self._targets.pop(_k(rcpt), None)
         return deleted
 
     @_guarded
@@ -531,6 +717,7 @@ class RedisStore(Store):
     def rcpt_info(self, rcpts: Sequence[str]) -> list[RcptInfo]:
         if not rcpts:
             return []
+        rcpts = [_k(r) for r in rcpts]
         with self._lock:
             cached = [self._targets.get(r) for r in rcpts]
         pipe = self._pipeline()
@@ -587,6 +774,7 @@ class RedisStore(Store):
             if not r.srs or not r.record_id:
                 raise ValueError("a message record needs srs and record_id")
             _codec.check_state(r.state)
+            r = _codec.norm_record(r)  # noqa: PLW2901 (the same record, keyed)
             by_srs.setdefault(r.srs, []).append(r)
         ms = max(1, round(ttl * 1000))
         if self._cluster and len(by_srs) > 1:
@@ -607,11 +795,11 @@ class RedisStore(Store):
         self, pipe: Any, srs: str, records: Sequence[MessageRecord], ms: int, expires: float
     ) -> None:
         for r in records:
-            key = self._message_key(srs, r.record_id)
+            name = self._message_key(srs, r.record_id)
             fields = _codec.record_fields(r)
             fields["expires"] = repr(expires)
-            pipe.hset(key, mapping=fields)
-            pipe.pexpire(key, ms)
+            pipe.hset(name, mapping=fields)
+            pipe.pexpire(name, ms)
         index = self._messages_key(srs)
         pipe.sadd(index, *(r.record_id for r in records))
         # NX gives a new set its TTL, GT lengthens an existing one; never shorter.
@@ -627,19 +815,19 @@ class RedisStore(Store):
             return []
         keys = [self._message_key(srs, i) for i in ids]
         found = dict(self._hgetall(keys))
-        gone = [i for i, key in zip(ids, keys, strict=True) if key not in found]
+        gone = [i for i, name in zip(ids, keys, strict=True) if name not in found]
         if gone:
             # Their hashes expired before the set did: forget them.
             self._trip()
             self._client.srem(index, *gone)
-        records = [_codec.record_from(data, key) for key, data in found.items()]
+        records = [_codec.record_from(data, name) for name, data in found.items()]
         return sorted(records, key=lambda r: (r.created, r.record_id))
 
     @_guarded
     def set_message_state(self, srs: str, record_id: str, state: MessageState) -> bool:
         _codec.check_state(state)
-        key = self._message_key(srs, record_id)
-        return bool(self._eval(_SET_IF_EXISTS, [key], ["state", state]))
+        name = self._message_key(srs, record_id)
+        return bool(self._eval(_SET_IF_EXISTS, [name], ["state", state]))
 
     def purge(self, now: float) -> int:
         """Nothing to do: Redis expires message records by their TTL."""
@@ -653,6 +841,7 @@ class RedisStore(Store):
             raise ValueError(f"hold() takes an entry in state H or N, not {entry.state!r}")
         if not entry.target or not entry.entry_id:
             raise ValueError("a held entry needs target and entry_id")
+        entry = _codec.norm_entry(entry)
         args: list[str] = [entry.entry_id, entry.state]
         for field, value in _codec.held_fields(entry).items():
             args += (field, value)
@@ -660,15 +849,15 @@ class RedisStore(Store):
 
     @_guarded
     def get_held(self, target: str, entry_id: str) -> HeldEntry | None:
-        key = self._held_keys(target, entry_id)[0]
+        name = self._held_keys(target, entry_id)[0]
         self._trip()
-        data = self._client.hgetall(key)
-        return _codec.held_from(data, key) if data else None
+        data = self._client.hgetall(name)
+        return _codec.held_from(data, name) if data else None
 
     @_guarded
     def held(self, target: str | None = None, domain: str | None = None) -> list[HeldEntry]:
         if target is not None:
-            targets = [target]
+            targets = [_k(target)]
         else:
             targets = [self._tag(k, "held-index") for k in self._scan("held-index")]
         if domain is not None:
@@ -702,6 +891,19 @@ class RedisStore(Store):
         return bool(self._eval(_REHOLD, keys, [queue_id, host, reason, repr(float(now))]))
 
     @_guarded
+    def unrequeue(self, target: str, entry_id: str) -> bool:
+        return bool(self._eval(_UNREQUEUE, self._held_keys(target, entry_id), []))
+
+    @_guarded
+    def set_requeue_id(
+        self, target: str, entry_id: str, requeue_id: str, srs: str = "", msg_id: str = ""
+    ) -> bool:
+        name = self._held_keys(target, entry_id)[0]
+        return bool(
+            self._eval(_SET_REQUEUE_ID, [name], [requeue_id, _k(srs) if srs else "", msg_id])
+        )
+
+    @_guarded
     def release(self, target: str, entry_id: str) -> bool:
         return bool(self._eval(_RELEASE, self._held_keys(target, entry_id), [entry_id]))
 
@@ -710,9 +912,24 @@ class RedisStore(Store):
         return bool(self._eval(_DROP, self._held_keys(target, entry_id), [entry_id]))
 
     @_guarded
-    def mark_alerted(self, target: str, entry_id: str) -> bool:
-        key = self._held_keys(target, entry_id)[0]
-        return bool(self._eval(_SET_IF_EXISTS, [key], ["alerted", "1"]))
+    def mark_alerted(
+        self, target: str, entry_id: str, told: Sequence[str] = (), *, complete: bool = True
+    ) -> bool:
+        name = self._held_keys(target, entry_id)[0]
+        args = ["1" if complete else "0", *(_k(a) for a in told)]
+        return bool(self._eval(_MARK_ALERTED, [name], args))
+
+    @_guarded
+    def held_by_queue(self, host: str, queue_id: str) -> list[HeldEntry]:
+        # No index: an index keyed by queue file would live in another slot
+        # than the entries (a Cluster could not update both atomically). This
+        # is fwdctl's path, never the milter's: one SCAN of the held entries.
+        found = [
+            e
+            for e in (_codec.held_from(d, k) for k, d in self._hgetall_batched(self._scan("held")))
+            if e.host == host and e.queue_id == queue_id
+        ]
+        return sorted(found, key=lambda e: (e.held_at, e.target, e.entry_id))
 
     @_guarded
     def held_counts(self, target: str) -> tuple[int, int]:
@@ -898,6 +1115,7 @@ class RedisStore(Store):
             if isinstance(item, Forward):
                 if not item.rcpt:
                     raise ValueError("a forward needs a recipient")
+                item = _codec.norm_forward(item)  # noqa: PLW2901 (the same item, keyed)
                 call = (
                     _REPLACE_HASH,
                     [self._forward_key(item.rcpt)],
@@ -908,6 +1126,7 @@ class RedisStore(Store):
                     raise ValueError(f"message record {item.record_id!r} has no expiry")
                 if item.expires <= now:
                     continue
+                item = _codec.norm_record(item)  # noqa: PLW2901 (the same item, keyed)
                 # A TTL relative to the store's clock, as record_messages sets
                 # it, so that ``expires`` and the key's real expiry agree.
                 ms = max(1, round((item.expires - now) * 1000))
@@ -915,6 +1134,7 @@ class RedisStore(Store):
                 args = [item.record_id, str(ms), *_flat(_codec.record_fields(item))]
                 call = (_IMPORT_RECORD, keys, args)
             else:
+                item = _codec.norm_entry(item)  # noqa: PLW2901 (the same item, keyed)
                 keys = self._held_keys(item.target, item.entry_id)
                 args = [item.entry_id, item.state, *_flat(_codec.held_fields(item))]
                 call = (_IMPORT_HELD, keys, args)

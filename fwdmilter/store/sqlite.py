@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from fwdmilter.addr import domain_of
+from fwdmilter.addr import domain_of, key
 from fwdmilter.errors import StoreError, StoreSchemaError, StoreUnavailable
 from fwdmilter.store import _codec
 from fwdmilter.store._guard import guarded_by
@@ -126,6 +126,76 @@ def _create_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _rekey(
+    conn: sqlite3.Connection,
+    table: str,
+    keys: Sequence[str],
+    norm: Callable[[dict[str, Any]], dict[str, Any]],
+    better: Callable[[dict[str, Any], dict[str, Any]], bool],
+) -> None:
+    """Rewrite the rows of ``table`` whose normal form differs; where two
+    rows meet under one key, the one ``better`` prefers stays."""
+    rows = conn.execute(f"SELECT * FROM {table}").fetchall()  # noqa: S608 (fixed names)
+    kept: dict[tuple[object, ...], dict[str, Any]] = {}
+    changed = False
+    for row in rows:
+        new = norm(row)
+        changed = changed or new != row
+        k = tuple(new[c] for c in keys)
+        if k not in kept or better(new, kept[k]):
+            kept[k] = new
+    if not changed:
+        return
+    conn.execute(f"DELETE FROM {table}")  # noqa: S608 (fixed names)
+    if kept:
+        columns = list(next(iter(kept.values())))
+        conn.executemany(
+            f"INSERT INTO {table} ({', '.join(columns)})"  # noqa: S608 (fixed names)
+            f" VALUES ({', '.join(':' + c for c in columns)})",
+            list(kept.values()),
+        )
+
+
+def _lower(row: dict[str, Any], *columns: str) -> dict[str, Any]:
+    return row | {c: key(str(row[c])) for c in columns}
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    """Version 2: one normal form for every stored address (addr.key), the
+    entries' requeue_id and alerted_to, and entries found by queue file.
+
+    Rows of version 1 written with mixed case are re-keyed; two rows that
+    meet under one key keep the later forward, the unexpired-longer
+    record, and the counted (H, R) or older entry. Held counters are
+    derived from the entries (``count(*)``), so they agree at once."""
+    conn.execute("ALTER TABLE held ADD COLUMN requeue_id TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE held ADD COLUMN alerted_to TEXT NOT NULL DEFAULT ''")
+    conn.execute("CREATE INDEX held_by_queue ON held (host, queue_id)")
+    _rekey(
+        conn,
+        "forwards",
+        ("rcpt",),
+        lambda r: _lower(r, "rcpt", "target"),
+        lambda a, b: float(a["updated"]) > float(b["updated"]),
+    )
+    _rekey(
+        conn,
+        "messages",
+        ("srs", "record_id"),
+        lambda r: _lower(r, "srs", "rcpt", "target"),
+        lambda a, b: float(a["expires"]) > float(b["expires"]),
+    )
+    _rekey(
+        conn,
+        "held",
+        ("target", "entry_id"),
+        lambda r: _lower(r, "target", "rcpt", "srs"),
+        lambda a, b: (
+            (a["state"] != "N", -float(a["held_at"])) > (b["state"] != "N", -float(b["held_at"]))
+        ),
+    )
+
+
 # -- the recipient's web service (fwdweb): pending targets and web tokens -------------
 
 
@@ -158,7 +228,7 @@ def _add_web(conn: sqlite3.Connection) -> None:
 
 
 #: version -> the step to version + 1.
-MIGRATIONS: Final[Mapping[int, Migration]] = {0: _create_v1, 1: _add_web}
+MIGRATIONS: Final[Mapping[int, Migration]] = {0: _create_v1, 1: _v2, 2: _add_web}
 
 #: Write transactions of import_items commit every this many items.
 _IMPORT_BATCH: Final = 1000
@@ -451,6 +521,7 @@ class SQLiteStore(Store):
 
     @_guarded
     def get_forward(self, rcpt: str) -> Forward | None:
+        rcpt = key(rcpt)
         rows = self._rows("SELECT * FROM forwards WHERE rcpt = ?", (rcpt,))
         return _codec.forward_from(rows[0], self._where("forwards", rcpt)) if rows else None
 
@@ -459,10 +530,11 @@ class SQLiteStore(Store):
         if not forward.rcpt:
             raise ValueError("a forward needs a recipient")
         with self._write() as conn:
-            _put_forward(conn, forward)
+            _put_forward(conn, _codec.norm_forward(forward))
 
     @_guarded
     def delete_forward(self, rcpt: str, moved_to: str = "", now: float = 0.0) -> bool:
+        rcpt = key(rcpt)
         with self._write() as conn:
             if moved_to:
                 cur = conn.execute(
@@ -484,7 +556,8 @@ class SQLiteStore(Store):
     @_guarded
     def rcpt_info(self, rcpts: Sequence[str]) -> list[RcptInfo]:
         found: dict[str, RcptInfo] = {}
-        wanted = list(dict.fromkeys(rcpts))
+        keyed = [key(r) for r in rcpts]
+        wanted = list(dict.fromkeys(keyed))
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))
@@ -498,7 +571,7 @@ class SQLiteStore(Store):
             for row in rows:
                 forward = _codec.forward_from(row, self._where("forwards", row["rcpt"]))
                 found[forward.rcpt] = RcptInfo(forward, int(row["n"]) if forward.active else 0)
-        return [found.get(r, RcptInfo(None)) for r in rcpts]
+        return [found.get(r, RcptInfo(None)) for r in keyed]
 
     @_guarded
     def record_messages(self, records: Sequence[MessageRecord], ttl: float) -> None:
@@ -510,6 +583,7 @@ class SQLiteStore(Store):
             if not r.srs or not r.record_id:
                 raise ValueError("a message record needs srs and record_id")
             _codec.check_state(r.state)
+        records = [_codec.norm_record(r) for r in records]
         now = self._clock()
         rows = []
         for r in records:
@@ -527,6 +601,7 @@ class SQLiteStore(Store):
 
     @_guarded
     def messages(self, srs: str) -> list[MessageRecord]:
+        srs = key(srs)
         rows = self._rows(
             "SELECT * FROM messages WHERE srs = ? AND expires > ? ORDER BY created, record_id",
             (srs, self._clock()),
@@ -539,7 +614,7 @@ class SQLiteStore(Store):
         with self._write() as conn:
             cur = conn.execute(
                 "UPDATE messages SET state = ? WHERE srs = ? AND record_id = ? AND expires > ?",
-                (state, srs, record_id, self._clock()),
+                (state, key(srs), record_id, self._clock()),
             )
             return cur.rowcount > 0
 
@@ -556,6 +631,7 @@ class SQLiteStore(Store):
             raise ValueError(f"hold() takes an entry in state H or N, not {entry.state!r}")
         if not entry.target or not entry.entry_id:
             raise ValueError("a held entry needs target and entry_id")
+        entry = _codec.norm_entry(entry)
         with self._write(durable=True) as conn:
             cur = conn.execute(
                 _INSERT_HELD.replace("INSERT OR REPLACE", "INSERT OR IGNORE"), _held_row(entry)
@@ -565,7 +641,7 @@ class SQLiteStore(Store):
     @_guarded
     def get_held(self, target: str, entry_id: str) -> HeldEntry | None:
         rows = self._rows(
-            "SELECT * FROM held WHERE target = ? AND entry_id = ?", (target, entry_id)
+            "SELECT * FROM held WHERE target = ? AND entry_id = ?", (key(target), entry_id)
         )
         return _codec.held_from(rows[0], self._where("held", target)) if rows else None
 
@@ -574,7 +650,7 @@ class SQLiteStore(Store):
         if target is not None:
             rows = self._rows(
                 "SELECT * FROM held WHERE target = ? ORDER BY held_at, target, entry_id",
-                (target,),
+                (key(target),),
             )
         else:
             rows = self._rows("SELECT * FROM held ORDER BY held_at, target, entry_id")
@@ -593,7 +669,7 @@ class SQLiteStore(Store):
         return self._held_update(
             "UPDATE held SET state = 'R', requeued_at = ?"
             " WHERE target = ? AND entry_id = ? AND state = 'H'",
-            (now, target, entry_id),
+            (now, key(target), entry_id),
         )
 
     @_guarded
@@ -602,33 +678,77 @@ class SQLiteStore(Store):
     ) -> bool:
         return self._held_update(
             "UPDATE held SET state = 'H', queue_id = ?, host = ?, reason = ?, held_at = ?,"
-            " alerted = 0 WHERE target = ? AND entry_id = ? AND state = 'R'",
-            (queue_id, host, reason, now, target, entry_id),
+            " alerted = 0, alerted_to = '', requeue_id = ''"
+            " WHERE target = ? AND entry_id = ? AND state = 'R'",
+            (queue_id, host, reason, now, key(target), entry_id),
+        )
+
+    @_guarded
+    def unrequeue(self, target: str, entry_id: str) -> bool:
+        return self._held_update(
+            "UPDATE held SET state = 'H', requeue_id = ''"
+            " WHERE target = ? AND entry_id = ? AND state = 'R'",
+            (key(target), entry_id),
+        )
+
+    @_guarded
+    def set_requeue_id(
+        self, target: str, entry_id: str, requeue_id: str, srs: str = "", msg_id: str = ""
+    ) -> bool:
+        return self._held_update(
+            "UPDATE held SET requeue_id = ?,"
+            " srs = CASE WHEN ? = '' THEN srs ELSE ? END,"
+            " msg_id = CASE WHEN ? = '' THEN msg_id ELSE ? END"
+            " WHERE target = ? AND entry_id = ? AND state = 'R'",
+            (requeue_id, srs, key(srs), msg_id, msg_id, key(target), entry_id),
         )
 
     @_guarded
     def release(self, target: str, entry_id: str) -> bool:
         return self._held_update(
             "DELETE FROM held WHERE target = ? AND entry_id = ? AND state = 'R'",
-            (target, entry_id),
+            (key(target), entry_id),
         )
 
     @_guarded
     def drop(self, target: str, entry_id: str) -> bool:
         return self._held_update(
-            "DELETE FROM held WHERE target = ? AND entry_id = ?", (target, entry_id)
+            "DELETE FROM held WHERE target = ? AND entry_id = ?", (key(target), entry_id)
         )
 
     @_guarded
-    def mark_alerted(self, target: str, entry_id: str) -> bool:
-        return self._held_update(
-            "UPDATE held SET alerted = 1 WHERE target = ? AND entry_id = ?", (target, entry_id)
+    def mark_alerted(
+        self, target: str, entry_id: str, told: Sequence[str] = (), *, complete: bool = True
+    ) -> bool:
+        target = key(target)
+        with self._write(durable=True) as conn:
+            row = conn.execute(
+                "SELECT alerted_to FROM held WHERE target = ? AND entry_id = ?",
+                (target, entry_id),
+            ).fetchone()
+            if row is None:
+                return False
+            known = _codec.split_addresses(str(row["alerted_to"]))
+            merged = tuple(dict.fromkeys([*known, *(key(a) for a in told)]))
+            conn.execute(
+                "UPDATE held SET alerted = ?, alerted_to = ? WHERE target = ? AND entry_id = ?",
+                (int(complete), _codec.join_addresses(merged), target, entry_id),
+            )
+            return True
+
+    @_guarded
+    def held_by_queue(self, host: str, queue_id: str) -> list[HeldEntry]:
+        rows = self._rows(
+            "SELECT * FROM held WHERE host = ? AND queue_id = ? ORDER BY held_at, target, entry_id",
+            (host, queue_id),
         )
+        return [_codec.held_from(r, self._where("held", r["target"])) for r in rows]
 
     @_guarded
     def held_counts(self, target: str) -> tuple[int, int]:
         rows = self._rows(
-            "SELECT state, count(*) AS n FROM held WHERE target = ? GROUP BY state", (target,)
+            "SELECT state, count(*) AS n FROM held WHERE target = ? GROUP BY state",
+            (key(target),),
         )
         counts = {str(r["state"]): int(r["n"]) for r in rows}
         return counts.get("H", 0), counts.get("R", 0)
@@ -801,13 +921,14 @@ class SQLiteStore(Store):
         with self._write(durable=True) as conn:
             for item in batch:
                 if isinstance(item, Forward):
-                    _put_forward(conn, item)
+                    _put_forward(conn, _codec.norm_forward(item))
                 elif isinstance(item, MessageRecord):
+                    item = _codec.norm_record(item)  # noqa: PLW2901 (the same item, keyed)
                     fields: dict[str, object] = dict(_codec.record_fields(item))
                     fields.update(created=item.created, expires=item.expires)
                     conn.execute(_INSERT_MESSAGE, fields)
                 else:
-                    conn.execute(_INSERT_HELD, _held_row(item))
+                    conn.execute(_INSERT_HELD, _held_row(_codec.norm_entry(item)))
         return len(batch)
 
     def _where(self, table: str, key: str) -> str:

@@ -191,12 +191,12 @@ def test_a_writable_file_works_for_its_user(shared_dir: Path) -> None:
 # -- migrations ------------------------------------------------------------------------------
 
 
-def _to_v2(conn: sqlite3.Connection) -> None:
+def _to_next(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE forwards ADD COLUMN note TEXT NOT NULL DEFAULT ''")
     conn.execute("UPDATE forwards SET note = 'migrated'")
 
 
-def _broken_v3(conn: sqlite3.Connection) -> None:
+def _broken_after(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE half_done (x INTEGER)")
     raise sqlite3.OperationalError("disk I/O error (simulated)")
 
@@ -210,7 +210,7 @@ def test_migration_forward_keeps_data(tmp_path: Path) -> None:
     assert _user_version(path) == SCHEMA_VERSION
 
     store = _open(
-        path, migrations={**MIGRATIONS, SCHEMA_VERSION: _to_v2}, schema_version=SCHEMA_VERSION + 1
+        path, migrations={**MIGRATIONS, SCHEMA_VERSION: _to_next}, schema_version=SCHEMA_VERSION + 1
     )
     assert _user_version(path) == SCHEMA_VERSION + 1
     assert store.get_forward(fwd().rcpt) == fwd()
@@ -223,7 +223,7 @@ def test_migration_forward_keeps_data(tmp_path: Path) -> None:
 def test_migration_from_empty_runs_every_step_in_one_transaction(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     store = _open(
-        path, migrations={**MIGRATIONS, SCHEMA_VERSION: _to_v2}, schema_version=SCHEMA_VERSION + 1
+        path, migrations={**MIGRATIONS, SCHEMA_VERSION: _to_next}, schema_version=SCHEMA_VERSION + 1
     )
     store.close()
     assert _user_version(path) == SCHEMA_VERSION + 1
@@ -235,7 +235,7 @@ def test_migration_from_empty_runs_every_step_in_one_transaction(tmp_path: Path)
 def test_a_failed_migration_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     _open(path).close()
-    migrations = {**MIGRATIONS, SCHEMA_VERSION: _to_v2, SCHEMA_VERSION + 1: _broken_v3}
+    migrations = {**MIGRATIONS, SCHEMA_VERSION: _to_next, SCHEMA_VERSION + 1: _broken_after}
     with pytest.raises(StoreUnavailable, match="simulated"):
         _open(path, migrations=migrations, schema_version=SCHEMA_VERSION + 2)
     assert _user_version(path) == SCHEMA_VERSION

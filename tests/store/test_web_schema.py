@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fwdmilter.config import StoreSettings
 from fwdmilter.store import open_store
-from fwdmilter.store.base import Forward
+from fwdmilter.store.base import SCHEMA_VERSION, Forward
 from fwdmilter.store.sqlite import MIGRATIONS, SQLiteStore
 from tests.harness.redis import RedisServer
 
@@ -34,11 +34,11 @@ def test_an_sqlite_file_of_schema_1_gains_pending_columns_and_web_tables(tmp_pat
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     conn.close()
-    assert version == 2
+    assert version == SCHEMA_VERSION == 3
     assert {"web_tokens", "web_rates"} <= tables
 
 
-def test_a_redis_prefix_of_schema_1_is_moved_to_2_keeping_its_forwards(
+def test_a_redis_prefix_of_schema_1_is_moved_to_3_keeping_its_forwards(
     redis_server: RedisServer,
 ) -> None:
     prefix = "fwdmilter:v1"
@@ -63,4 +63,4 @@ def test_a_redis_prefix_of_schema_1_is_moved_to_2_keeping_its_forwards(
     finally:
         store.close()
     with redis_server.admin() as r:
-        assert r.get(f"{prefix}:schema") == "2"
+        assert r.get(f"{prefix}:schema") == str(SCHEMA_VERSION) == "3"

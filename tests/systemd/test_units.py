@@ -36,6 +36,8 @@ UNITS = (
     "fwdctl-expire.service",
     "fwdctl-expire.timer",
     "fwdmilter-web.service",
+    "fwdctl-release.service",
+    "fwdctl-release.timer",
 )
 #: Where docs/install.md puts the console scripts, and their names in a venv.
 INSTALLED_SCRIPTS = {
@@ -49,6 +51,7 @@ MAX_EXPOSURE = {
     "fwdmilter.service": 2.0,
     "fwdctl-expire.service": 2.5,
     "fwdmilter-web.service": 2.0,
+    "fwdctl-release.service": 2.5,
 }
 
 #: Sandboxing settings each service must either set or explain with a
@@ -309,7 +312,8 @@ def test_expire_service_runs_fwdctl_held_expire() -> None:
     svc = service("fwdctl-expire.service")
     assert svc["Type"] == ["oneshot"]
     assert svc["ExecStart"] == [
-        f"/usr/local/bin/fwdctl --config {config.DEFAULT_CONFIG_PATH} held expire"
+        f"/usr/local/bin/fwdctl --config {config.DEFAULT_CONFIG_PATH} held expire",
+        f"/usr/local/bin/fwdctl --config {config.DEFAULT_CONFIG_PATH} held check",
     ]
     # Root, for postsuper; and no StateDirectory=, which would chown the
     # milter's /var/lib/fwdmilter to root.
@@ -330,6 +334,25 @@ def test_web_service_runs_the_web_app_without_the_srs_secrets() -> None:
     assert "StateDirectory" not in svc  # the milter's unit owns /var/lib/fwdmilter
     for section in ("Wants", "After"):
         assert "network-online.target" in " ".join(unit["Unit"][section]).split()
+
+
+def test_release_service_runs_fwdctl_held_release() -> None:
+    svc = service("fwdctl-release.service")
+    assert svc["Type"] == ["oneshot"]
+    assert svc["ExecStart"] == [
+        f"/usr/local/bin/fwdctl --config {config.DEFAULT_CONFIG_PATH} held release"
+    ]
+    assert "User" not in svc and "StateDirectory" not in svc
+    # Shorter than the timer's period: runs never pile up.
+    assert seconds(svc["TimeoutStartSec"][0]) < 60
+
+
+def test_release_timer_runs_every_minute_on_time() -> None:
+    unit = parse_unit(unit_text("fwdctl-release.timer"))
+    timer = unit["Timer"]
+    assert timer["OnCalendar"] == ["minutely"]
+    assert seconds(timer["AccuracySec"][0]) <= 1
+    assert unit["Install"]["WantedBy"] == ["timers.target"]
 
 
 def test_timer_runs_daily_and_catches_up() -> None:

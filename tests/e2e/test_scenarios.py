@@ -13,6 +13,7 @@ afterwards. Placeholders in the files:
 ``{srs}``           the SRS sender the forwarded message reached the sink with
                     (set by the first step that has ``delivered``)
 
+``[forward]`` may give ``target``: the case's target as the admin types it.
 ``[result]`` may say: ``held`` (entries for the case's targets), ``log`` (a
 regular expression a decision line with the token matches), ``delivered`` /
 ``not_delivered`` (an address the sink did / did not get mail for), and
@@ -145,7 +146,10 @@ def _run(site: Site, case: dict[str, Any]) -> None:
         "other_rcpt": f"o{tok}@fwd.example",
         "other_target": f"alice+o{tok}@inner.example",
     }
-    site.fm.fwdctl("forward", "set", names["rcpt"], names["target"])
+    # A case may type the target otherwise (case, say): the store keeps one
+    # normal form, which is what the sink and the entries show.
+    typed = _fill(case.get("forward", {}).get("target", names["target"]), names)
+    site.fm.fwdctl("forward", "set", names["rcpt"], typed)
     site.fm.fwdctl("forward", "set", names["other_rcpt"], names["other_target"])
     for n, step in enumerate(case["step"], 1):
         where = f"step {n}"

@@ -937,3 +937,24 @@ def test_mail_to_an_srs_address_with_no_classification_and_no_records() -> None:
     d = policy.decide_eom(S, replace(failed, records={}))
     (entry,) = d.holds
     assert (entry.target, entry.srs) == (machine.UNKNOWN_TARGET, srs_addr.lower())
+
+
+def test_a_bounce_without_trace_id_logs_every_message_it_may_be_about() -> None:
+    t, srs_addr = bounce_tx(None, "not-a-dsn.eml")  # no trace id in it
+    key = srs_addr.lower()
+    two = [
+        MessageRecord(
+            key,
+            f"{m}.0",
+            m,
+            "U",
+            "alice@example.org",
+            "bob@fwd.example",
+            "t@inner.example",
+            NOW,
+            "mx.fwd.example",
+        )
+        for m in ("m1", "m2")
+    ]
+    d = policy.decide_eom(S, replace(t, records={key: two}))
+    assert dict(d.log)["trace"] == "m1,m2"

@@ -244,3 +244,12 @@ def test_trace_values_with_bytes_that_are_not_ascii() -> None:
     assert trace_ids_in(b"Fwdmilter-Trace: fwd.example; id=q; by=m\xc3\xa9\n") == (
         "fwd.example; id=q; by=m\ufffd\ufffd",
     )
+
+
+def test_a_failure_without_status_is_reported_as_5_0_0() -> None:
+    raw = failed_dsn(
+        b"Final-Recipient: rfc822; broken@inner.example\nAction: failed\n"
+        b"Diagnostic-Code: smtp; 550 gone\n"
+    )
+    c = classify(raw, null_sender=True)
+    assert (c.kind, c.reason) == (Kind.FAILURE, "5.0.0 550 gone")

@@ -647,6 +647,7 @@ def test_is_trusted_reads_bracketed_and_ipv6_tagged_literals() -> None:
     assert policy.is_trusted("[192.0.2.9]", nets)
     assert policy.is_trusted("IPv6:2001:db8::1", nets)
     assert policy.is_trusted("[IPv6:2001:db8::1]", nets)
+    assert not policy.is_trusted("X192.0.2.9", nets)  # no literal at all
 
 
 @pytest.mark.parametrize(

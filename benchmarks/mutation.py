@@ -26,12 +26,14 @@ changes included) into a temporary folder, writes mutmut's settings into
 removed at the end unless ``--keep``. The repository's own ``pyproject.toml``
 has no ``[tool.mutmut]`` section.
 
-It prints, per module, killed / total and every survivor with its diff; the
-survivors also go to stderr as mutmut finishes. Exit status 0 when the run
-completed (whatever the score), 2 when mutmut is missing or failed.
+It prints, per module, killed / total and every survivor with its diff (or,
+with ``--json``, the same as JSON); mutmut's progress goes to stderr. Exit
+status 0 when the run completed (whatever the score), 2 when mutmut is
+missing or failed.
 
-This is not run in CI: a run takes minutes (a few hundred mutants, each a
-fresh test process), and its figure is recorded in docs/benchmarks.md.
+This is not run in CI: a run takes about ten minutes on two cores (some
+1,200 mutants, each tested in a forked process), and its figures are
+recorded in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -125,13 +127,23 @@ def _mutmut(copy: Path, *args: str, capture: bool = False) -> subprocess.Complet
     # first on sys.path itself; PYTHONPATH makes `import tests...` work.
     env["PYTHONPATH"] = str(copy)
     env.pop("PYTHONSAFEPATH", None)
+    if capture:
+        return subprocess.run(
+            [sys.executable, "-m", "mutmut", *args],
+            cwd=copy,
+            env=env,
+            check=False,
+            text=True,
+            capture_output=True,
+        )
+    # mutmut's progress goes to stderr: stdout is for the report (or JSON).
     return subprocess.run(
         [sys.executable, "-m", "mutmut", *args],
         cwd=copy,
         env=env,
         check=False,
         text=True,
-        capture_output=capture,
+        stdout=sys.stderr,
     )
 
 

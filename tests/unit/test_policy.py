@@ -720,6 +720,7 @@ def test_is_trusted_reads_bracketed_and_ipv6_tagged_literals() -> None:
     assert policy.is_trusted("[192.0.2.9]", nets)
     assert policy.is_trusted("IPv6:2001:db8::1", nets)
     assert policy.is_trusted("[IPv6:2001:db8::1]", nets)
+    assert not policy.is_trusted("X192.0.2.9", nets)  # no literal at all
 
 
 @pytest.mark.parametrize(
@@ -1010,3 +1011,24 @@ def test_mail_to_an_srs_address_with_no_classification_and_no_records() -> None:
     d = policy.decide_eom(S, replace(failed, records={}))
     (entry,) = d.holds
     assert (entry.target, entry.srs) == (machine.UNKNOWN_TARGET, srs_addr.lower())
+
+
+def test_a_bounce_without_trace_id_logs_every_message_it_may_be_about() -> None:
+    t, srs_addr = bounce_tx(None, "not-a-dsn.eml")  # no trace id in it
+    key = srs_addr.lower()
+    two = [
+        MessageRecord(
+            key,
+            f"{m}.0",
+            m,
+            "U",
+            "alice@example.org",
+            "bob@fwd.example",
+            "t@inner.example",
+            NOW,
+            "mx.fwd.example",
+        )
+        for m in ("m1", "m2")
+    ]
+    d = policy.decide_eom(S, replace(t, records={key: two}))
+    assert dict(d.log)["trace"] == "m1,m2"

@@ -49,7 +49,7 @@ from fwdmilter import __version__, addr, config
 from fwdmilter.errors import FwdmilterError
 from fwdmilter.runtime import make_srs
 from fwdmilter.store.base import Forward, HeldEntry, Store
-from srs import SRSError
+from srs import ALIAS_HOST, SRSError, alias_key, local_part_too_long
 
 __all__ = ["main"]
 
@@ -110,8 +110,38 @@ def _print_json(data: Any) -> None:
 
 def cmd_srs(args: argparse.Namespace, cfg: config.Config) -> int:
     rewriter = make_srs(cfg)
-    fn = rewriter.forward if args.srs_command == "forward" else rewriter.reverse
-    return _map_addresses(fn, _inputs(args.addresses, sys.stdin), sys.stdout, sys.stderr)
+    store: Store | None = None
+
+    def forward(sender: str) -> str:
+        # As the milter writes it: the short form where the standard one
+        # would pass 64 octets of local part (RFC 5321 section 4.5.3.1.1).
+        srs = rewriter.forward(sender)
+        if local_part_too_long(srs):
+            srs = rewriter.forward(f"{alias_key(sender)}@{ALIAS_HOST}")
+        return srs
+
+    def reverse(address: str) -> str:
+        nonlocal store
+        parsed = rewriter.parse(address)
+        if parsed.host != ALIAS_HOST:
+            return rewriter.reverse(address)
+        # A short form names its sender only in the message records.
+        if store is None:
+            store = _store(cfg)
+        for rec in store.messages(addr.key(address)):
+            if rec.sender and alias_key(rec.sender) == parsed.user.upper():
+                return rec.sender
+        raise SRSError(
+            "a short form, whose sender only the message records know, and no record of it"
+            " is kept (expired, or no message went out with it)"
+        )
+
+    try:
+        fn = forward if args.srs_command == "forward" else reverse
+        return _map_addresses(fn, _inputs(args.addresses, sys.stdin), sys.stdout, sys.stderr)
+    finally:
+        if store is not None:
+            store.close()
 
 
 # -- forward -----------------------------------------------------------------------

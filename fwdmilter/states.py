@@ -150,8 +150,9 @@ class HeldEntry:
     ``requeue_id`` is the queue id the requeued message got on the MTA,
     which tells when the MTA has delivered it.
 
-    ``alerted_to`` lists the alert recipients that have been told;
-    ``alerted`` is True once every one of them has been.
+    ``alerted_to`` lists the alert recipients dealt with: told, or refused
+    for good (a 5xx: retrying would not help); ``alerted`` is True once
+    every recipient has been dealt with.
     """
 
     target: str

@@ -144,3 +144,39 @@ def test_text_output_names_every_stage(fm: FwdMilter) -> None:
         in lines
     )
     assert "    deleted, moved to new@else.example" in lines
+
+
+def test_fwdctl_srs_writes_and_reverses_short_forms_as_the_milter(fm: FwdMilter) -> None:
+    from fwdmilter.states import MessageRecord  # noqa: PLC0415
+
+    sender = "a-very-long-local-part-of-a-newsletter-sender-for-the-test@pass.example"
+    short = fm.fwdctl("srs", "forward", sender).stdout.strip()
+    assert short.startswith("SRS0=") and "=1=" in short
+    assert len(short.rpartition("@")[0]) <= 64
+    # No message went out with it yet: nothing can say whom it stands for.
+    out = fm.fwdctl("srs", "reverse", short, check=False)
+    assert out.returncode == 1 and "no record of it is kept" in out.stderr
+    store = open_store(StoreSettings(url=fm.settings["store"]["url"]), instance="x")
+    try:
+        store.record_messages(
+            [
+                MessageRecord(
+                    short.lower(),
+                    "m.0",
+                    "m",
+                    "B",
+                    sender,
+                    "bob@fwd.example",
+                    "bob@inner.example",
+                    1.0,
+                    "x",
+                )
+            ],
+            86400,
+        )
+    finally:
+        store.close()
+    assert fm.fwdctl("srs", "reverse", short).stdout.strip() == sender
+    # Ordinary addresses reverse without the store, as before.
+    plain = fm.fwdctl("srs", "forward", "a@pass.example").stdout.strip()
+    assert fm.fwdctl("srs", "reverse", plain).stdout.strip() == "a@pass.example"

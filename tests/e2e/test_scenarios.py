@@ -40,7 +40,7 @@ from fwdmilter import replies
 from tests.harness.fwdmilter_proc import FwdMilter
 from tests.harness.mail_fixtures import OUTSIDE, BorderFactory, MailWorld, SendmailFactory
 from tests.harness.postfix import RuntimeDir
-from tests.harness.sendmail import SENDMAIL_ROOT, SendmailInstance
+from tests.harness.sendmail import SendmailInstance
 from tests.harness.smtp import Reply, Transcript, make_message, unique
 
 pytestmark = pytest.mark.e2e
@@ -92,15 +92,7 @@ def sendmail_site(
         tmp_path_factory.mktemp("scenarios-sendmail"),
         dns_port=mail.dns.port,
         hostname=sm.hostname,
-        settings={
-            "mta": {
-                "type": "sendmail",
-                "submit": f"127.0.0.1:{sm.port}",
-                "sendmail_queue_dir": str(sm.queue_dir),
-                "sendmail_cf": str(sm.cf),
-                "command_dir": str(SENDMAIL_ROOT / "usr" / "libexec" / "sendmail"),
-            }
-        },
+        settings=sm.milter_settings(),
     )
     fm.serve()
     try:

@@ -522,6 +522,19 @@ exec "$@"
             lambda files: f"queue of {self.name}: {files}\n{self.explain()}",
         )
 
+    def milter_settings(self) -> dict[str, dict[str, str]]:
+        """The [mta] settings of a fwdmilter that works with this instance:
+        submissions through its daemon, its queue read through its files."""
+        return {
+            "mta": {
+                "type": "sendmail",
+                "submit": f"127.0.0.1:{self.port}",
+                "sendmail_queue_dir": str(self.queue_dir),
+                "sendmail_cf": str(self.cf),
+                "command_dir": str(SENDMAIL_ROOT / "usr" / "libexec" / "sendmail"),
+            }
+        }
+
     def mailq(self, quarantined: bool = False) -> str:
         """``mailq`` (``sendmail -bp``), or ``mailq -qQ`` for quarantined mail."""
         return self.command("-bp", *(["-qQ"] if quarantined else []))

@@ -309,7 +309,8 @@ def test_forged_srs_bounce_is_refused(rt: runtime.Runtime, hooks: Hooks) -> None
     assert said(ctx, replies.SRS_FORGED)
 
 
-def test_bounce_for_unbouncable_message_is_quarantined(rt: runtime.Runtime, hooks: Hooks) -> None:
+def forwarded_u_message(rt: runtime.Runtime) -> str:
+    """The record of a U message forwarded to bob@inner.example; its SRS address."""
     now = time.time()
     srs_addr = rt.settings.srs.forward("spoofed@softfail.example", now=now)
     rt.store.record_messages(
@@ -329,6 +330,11 @@ def test_bounce_for_unbouncable_message_is_quarantined(rt: runtime.Runtime, hook
         ],
         86400,
     )
+    return srs_addr
+
+
+def test_bounce_for_unbouncable_message_is_quarantined(rt: runtime.Runtime, hooks: Hooks) -> None:
+    srs_addr = forwarded_u_message(rt)
     bounce = (Path(__file__).parents[1] / "data" / "bounces" / "postfix-failed.eml").read_bytes()
     bounce = bounce.replace(b"broken@inner.example", b"bob@inner.example")
     ctx = connect(rt, hooks, ip="127.0.0.1", helo="inner.example")
@@ -490,25 +496,7 @@ class RefusingCtx(Ctx):
 def test_an_mta_that_does_not_hold_leaves_no_entry_and_no_alert(
     rt: runtime.Runtime, hooks: Hooks
 ) -> None:
-    now = time.time()
-    srs_addr = rt.settings.srs.forward("spoofed@softfail.example", now=now)
-    rt.store.record_messages(
-        [
-            MessageRecord(
-                srs_addr.lower(),
-                "m.0",
-                "m",
-                "U",
-                "spoofed@softfail.example",
-                "bob@fwd.example",
-                "bob@inner.example",
-                now,
-                "mx.fwd.example",
-                "Q0",
-            )
-        ],
-        86400,
-    )
+    srs_addr = forwarded_u_message(rt)
     bounce = (Path(__file__).parents[1] / "data" / "bounces" / "postfix-failed.eml").read_bytes()
     ctx = RefusingCtx()
     Milter.factory = lambda: FwdMilter(rt, hooks)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import email
 import email.message
+import email.parser
 import email.policy
 import logging
 import re
@@ -98,6 +99,8 @@ _AUTO_REPLY_SUBJECT: Final = re.compile(
     r"|abwesenheitsnotiz|r[eé]ponse automatique|vacation|away from)",
     re.IGNORECASE,
 )
+#: Enough of a message for its top header (the parsers stop at the blank line).
+_HEAD_BYTES: Final = 256 * 1024
 _TRACE_LINE: Final = re.compile(
     rb"^[ \t>]*Fwdmilter-Trace:[ \t]*([^\r\n]{1,200})", re.IGNORECASE | re.MULTILINE
 )
@@ -164,7 +167,15 @@ def classify(raw: bytes, *, null_sender: bool) -> Classification:
     # parsers, which read a mixture as broken MIME.
     raw = raw.replace(b"\r\n", b"\n")
     quoted = trace_ids_in(raw)
+    # Most of what is not a report (auto-replies, old-format bounces) says so
+    # in its top header: no need to parse the whole of it twice.
+    head = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+        raw[: _HEAD_BYTES]
+    )
+    ctype = head.get_content_type()
     try:
+        if ctype != "multipart/report":
+            raise DSNError(f"content type is {ctype}, not multipart/report")
         parsed = dsn_module.parse(raw)
     except DSNError as exc:
         not_dsn = str(exc)

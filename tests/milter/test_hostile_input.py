@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email.message
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import Milter
 import pytest
 
 from fwdmilter import policy, replies, runtime
-from fwdmilter.store.base import Forward, MessageRecord
+from fwdmilter.store.base import Forward
 from tests.harness.dns import DnsServer
 from tests.milter.test_milter_ctx import (
     MESSAGE,
@@ -25,6 +24,7 @@ from tests.milter.test_milter_ctx import (
     Hooks,
     connect,
     feed,
+    forwarded_u_message,
     make_runtime,
     reply,
     said,
@@ -123,25 +123,7 @@ def test_sender_domain_that_cannot_be_looked_up_is_not_deferred(
 
 
 def test_bounce_with_out_of_range_utf8_escape_is_held(rt: runtime.Runtime, hooks: Hooks) -> None:
-    now = time.time()
-    srs_addr = rt.settings.srs.forward("spoofed@softfail.example", now=now)
-    rt.store.record_messages(
-        [
-            MessageRecord(
-                srs_addr.lower(),
-                "m.0",
-                "m",
-                "U",
-                "spoofed@softfail.example",
-                "bob@fwd.example",
-                "bob@inner.example",
-                now,
-                "mx.fwd.example",
-                "Q0",
-            )
-        ],
-        86400,
-    )
+    srs_addr = forwarded_u_message(rt)
     bounce = (BOUNCES / "postfix-failed.eml").read_bytes()
     bounce = bounce.replace(
         b"Final-Recipient: rfc822; broken@inner.example",

@@ -22,7 +22,6 @@ unverified sender.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -30,6 +29,8 @@ from typing import Final, Literal
 
 from fwdmilter import addr, replies
 from fwdmilter.dsn import DSN
+from fwdmilter.headers import AUTH_RESULTS_HEADER, TRACE_HEADER, authserv_id, trace_fields
+from fwdmilter.headers import ptext as _ptext
 from fwdmilter.replies import Reply
 from fwdmilter.store.base import Forward, HeldEntry, MessageRecord, RcptInfo
 from srs import (
@@ -64,11 +65,6 @@ __all__ = [
     "count_trace",
     "authserv_id",
 ]
-
-#: The header that marks mail this forwarder relayed: loop detection, and the
-#: id that ties a returned bounce to the message record it is about.
-TRACE_HEADER: Final = "Fwdmilter-Trace"
-AUTH_RESULTS_HEADER: Final = "Authentication-Results"
 
 State = Literal["B", "U"]
 _SPF_REPLIES: Final[Mapping[str, Reply]] = {
@@ -149,12 +145,6 @@ class MailDecision:
     spf: SPFOutcome | None
 
 
-def authserv_id(header_value: str) -> str:
-    """The authserv-id of an Authentication-Results value (RFC 8601 section 2.2)."""
-    value = re.sub(r"\([^()]*\)", " ", header_value)  # comments (not nested ones)
-    return value.split(";", 1)[0].strip().split()[0].lower() if value.strip() else ""
-
-
 def _auth_results(
     s: Settings, spf: SPFOutcome | None, sender: str, helo: str, auth_user: str, trusted_ip: str
 ) -> str:
@@ -168,13 +158,6 @@ def _auth_results(
         else f"smtp.helo={_ptext(helo)}"
     )
     return f"{s.hostname}; spf={spf.result} {prop}"
-
-
-def _ptext(value: str) -> str:
-    """A property value for Authentication-Results: a token or a quoted string."""
-    if value and re.fullmatch(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.@]+", value):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def decide_mail(
@@ -303,16 +286,13 @@ def _trace_value(s: Settings, msg_id: str) -> str:
     return f"{s.srs_domain}; id={msg_id}; by={s.hostname}"
 
 
-_TRACE_RE: Final = re.compile(r"^\s*([^;\s]+)\s*;\s*id=([A-Za-z0-9]+)")
-
-
 def trace_ids(s: Settings, values: Iterable[str]) -> list[str]:
     """The ids in trace header values that name this forwarder, newest first."""
     ids: list[str] = []
     for value in values:
-        m = _TRACE_RE.match(value)
-        if m and m.group(1).lower() == s.srs_domain:
-            ids.append(m.group(2))
+        fields = trace_fields(value)
+        if fields is not None and fields[0] == s.srs_domain:
+            ids.append(fields[1])
     return ids
 
 
@@ -320,8 +300,8 @@ def count_trace(s: Settings, values: Iterable[str]) -> int:
     """How many trace headers name this forwarder (for loop detection)."""
     count = 0
     for value in values:
-        m = _TRACE_RE.match(value)
-        if m and m.group(1).lower() == s.srs_domain:
+        fields = trace_fields(value)
+        if fields is not None and fields[0] == s.srs_domain:
             count += 1
     return count
 

@@ -6,6 +6,12 @@ how (``Action``, ``Status``, ``Diagnostic-Code``), and usually returns the
 original message or its headers (message/rfc822, text/rfc822-headers). This
 module turns those bytes into a :class:`DSN`, or raises
 :class:`~fwdmilter.errors.DSNError` saying why they are not one. Pure: no I/O.
+
+Bounces are hostile input: any bytes at all reach :func:`parse`. It either
+returns a DSN whose every string encodes as UTF-8 (octets that are not UTF-8
+are decoded where they can be, else replaced: see
+:func:`fwdmilter.headers.clean`) or raises DSNError; never another
+exception, so that a malformed bounce gets a final answer and never a 451.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ import email
 import email.message
 import email.parser
 import email.policy
+import email.utils
 import itertools
 import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
 from fwdmilter.errors import DSNError
+from fwdmilter.headers import clean
 
 __all__ = ["RecipientStatus", "DSN", "parse", "returned_message", "MAX_PARSE"]
 
@@ -87,6 +95,24 @@ class DSN:
         return tuple(v for n, v in self.returned_headers if n.lower() == lower)
 
 
+def _unitext_char(m: re.Match[str]) -> str:
+    # RFC 6533 section 3: "\\x{HEXPOINT}" names a Unicode scalar value. One
+    # that is none (a surrogate, past U+10FFFF) stays as it was written:
+    # the address then matches nothing, which is all a broken one can do.
+    code = int(m.group(1), 16)
+    if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF or code == 0:
+        return m.group(0)
+    return chr(code)
+
+
+def _xtext_char(m: re.Match[str]) -> str:
+    # RFC 3461 section 4: xtext encodes ASCII only ("+" HEXCHAR HEXCHAR for
+    # a character outside "!" to "~", or "+" and "="); an octet past ASCII
+    # or a control is left as written.
+    code = int(m.group(1), 16)
+    return chr(code) if 0x20 < code < 0x7F else m.group(0)
+
+
 def _address(value: str) -> str:
     """The address of an ``address-type ; address`` field (RFC 3464 section
     2.3.1), xtext (RFC 3461 section 4) and utf-8 (RFC 6533) decoded."""
@@ -96,9 +122,9 @@ def _address(value: str) -> str:
     rest = " ".join(rest.split()).strip().strip("<>")
     kind = kind.strip().lower()
     if kind == "utf-8":
-        return _UNITEXT.sub(lambda m: chr(int(m.group(1), 16)), rest)
+        return _UNITEXT.sub(_unitext_char, rest)
     if kind == "rfc822":
-        return _XTEXT.sub(lambda m: chr(int(m.group(1), 16)), rest)
+        return _XTEXT.sub(_xtext_char, rest)
     return rest
 
 
@@ -108,7 +134,13 @@ def _status(value: str) -> str:
 
 
 def _fields_of(block: email.message.Message) -> dict[str, str]:
-    return {k.lower(): " ".join(str(v).split()) for k, v in block.items()}
+    # raw_items: the text as it came, 8-bit octets as surrogates, which
+    # clean() decodes where they are UTF-8 (RFC 6533 allows it) and
+    # replaces where not; the first of a repeated field counts.
+    fields: dict[str, str] = {}
+    for k, v in block.raw_items():
+        fields.setdefault(clean(k).lower(), " ".join(clean(str(v)).split()))
+    return fields
 
 
 def _blocks(part: email.message.Message) -> list[email.message.Message]:
@@ -140,22 +172,52 @@ def _returned(part: email.message.Message) -> tuple[tuple[tuple[str, str], ...],
         payload = part.get_payload()
         inner = payload[0] if isinstance(payload, list) and payload else None
         if isinstance(inner, email.message.Message):
-            return tuple((k, str(v)) for k, v in inner.items()), False
+            return _header_items(inner), False
     raw = part.get_payload(decode=True)
     if isinstance(raw, bytes):
         headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
-        return tuple((k, str(v)) for k, v in headers.items()), True
+        return _header_items(headers), True
     return (), True
+
+
+def _header_items(msg: email.message.Message) -> tuple[tuple[str, str], ...]:
+    return tuple((clean(k), clean(str(v))) for k, v in msg.raw_items())
+
+
+#: What the email package raises on some hostile input instead of noting a
+#: defect (seen: a RecursionError for parts nested thousands deep, a
+#: LookupError for an unknown charset or transfer encoding, ValueError and
+#: IndexError in parameter parsing).
+_EMAIL_ERRORS: Final = (
+    ValueError,
+    LookupError,
+    TypeError,
+    AttributeError,
+    AssertionError,
+    RecursionError,
+    UnicodeError,
+)
 
 
 def parse(raw: bytes) -> DSN:
     """Parse a bounce as an RFC 3464 DSN; DSNError says why it is not one."""
+    try:
+        return _parse(raw)
+    except DSNError:
+        raise
+    except _EMAIL_ERRORS as exc:
+        raise DSNError(f"unparsable MIME structure ({type(exc).__name__})") from exc
+
+
+def _parse(raw: bytes) -> DSN:
     if not raw.strip():
         raise DSNError("empty message")
     msg = email.message_from_bytes(raw[:MAX_PARSE], policy=email.policy.compat32)
     if msg.get_content_type() != "multipart/report":
         raise DSNError(f"content type is {msg.get_content_type()}, not multipart/report")
-    report_type = (msg.get_param("report-type") or "").__str__().lower()
+    report_type = clean(
+        email.utils.collapse_rfc2231_value(msg.get_param("report-type") or "")
+    ).lower()
     if report_type != "delivery-status":
         raise DSNError(f"report type is {report_type or 'missing'}, not delivery-status")
     parts = msg.get_payload()
@@ -211,7 +273,7 @@ def parse(raw: bytes) -> DSN:
         recipients=tuple(recipients),
         returned_headers=returned,
         headers_only=headers_only,
-        envelope_id=per_message.get("original-envelope-id", ""),
+        envelope_id=per_message.get("original-envelope-id", "")[:1000],
     )
 
 

@@ -106,3 +106,4 @@ STORE_UNAVAILABLE = temporary(
 INTERNAL_ERROR = temporary(451, "4.3.0", "Temporary local problem; try again later")
 SHUTTING_DOWN = temporary(451, "4.3.2", "Mail filter is restarting; try again later")
 BAD_ADDRESS = permanent(553, "5.1.7", "Malformed sender address")
+BAD_RECIPIENT = permanent(553, "5.1.3", "Malformed recipient address")

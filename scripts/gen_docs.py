@@ -344,7 +344,14 @@ REPLY_MEANINGS: Final[dict[str, str]] = {
         "MAIL FROM while the milter is stopping (SIGTERM): the client retries, and finds"
         " it running again."
     ),
-    "BAD_ADDRESS": "MAIL FROM, a sender address the milter cannot make an SRS address of.",
+    "BAD_ADDRESS": (
+        "MAIL FROM, a sender address the milter cannot make an SRS address of, or one"
+        " with octets that are not UTF-8, a control character, or over 1024 octets."
+    ),
+    "BAD_RECIPIENT": (
+        "RCPT, a recipient address with octets that are not UTF-8, a control character,"
+        " or over 1024 octets (nothing could look it up or store it)."
+    ),
 }
 
 

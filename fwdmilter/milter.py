@@ -259,6 +259,19 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         rt = self.rt
         self._queue_id = self._macro("i")
         sender = addr.strip_brackets(mailfrom)
+        problem = addr.problem(sender)
+        if problem is not None:
+            # Before SPF and the store, which could not take it: a 5xx now,
+            # never a 451 that the client would retry for ever.
+            self._end_transaction()
+            self._log_decision(
+                "mail",
+                "reject",
+                reply=replies.BAD_ADDRESS,
+                extra={"problem": problem, "address": addr.printable(sender)},
+            )
+            rt.metrics.decision("mail", "reject")
+            return self._reply(replies.BAD_ADDRESS)
         auth_user = self._macro("{auth_authen}")
         spf_outcome: policy.SPFOutcome | None = None
         if not (self._trusted or auth_user):
@@ -291,6 +304,17 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
             return self._reply(replies.INTERNAL_ERROR)
         rt = self.rt
         bare = addr.strip_brackets(to)
+        problem = addr.problem(bare)
+        if problem is not None:
+            self._log_decision(
+                "rcpt",
+                "reject",
+                rcpt=addr.printable(bare),
+                reply=replies.BAD_RECIPIENT,
+                extra={"problem": problem},
+            )
+            rt.metrics.decision("rcpt", "reject")
+            return self._reply(replies.BAD_RECIPIENT)
         kind = policy.classify_rcpt(rt.settings, bare)
         if kind is policy.RcptKind.SRS:
             decision = policy.decide_rcpt_srs(rt.settings, to, bare, params, time.time())

@@ -19,9 +19,10 @@ import ipaddress
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Final
 
 import dns.exception
+import dns.name
 import dns.resolver
 import spf
 
@@ -49,6 +50,14 @@ def _lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20.0) ->
     return pyspf_answers(resolver, name, qtype, timeout)
 
 
+#: What dnspython raises for a name it cannot form, before any query.
+_MALFORMED_NAME: Final = (
+    dns.exception.SyntaxError,
+    dns.name.NameTooLong,
+    dns.name.IDNAException,
+)
+
+
 def pyspf_answers(
     resolver: dns.resolver.Resolver, name: str, qtype: str, timeout: float
 ) -> list[Any]:
@@ -62,6 +71,11 @@ def pyspf_answers(
     try:
         answers = resolver.resolve(name, qtype, lifetime=timeout, search=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return out
+    except _MALFORMED_NAME:
+        # RFC 7208 section 4.3: a malformed domain (an empty label, one over
+        # 63 octets, a name IDNA cannot encode) has no records; no server
+        # was asked, and a temperror would defer the mail for ever.
         return out
     except dns.exception.Timeout as exc:
         raise spf.TempError(f"DNS timeout looking up {qtype} {name}") from exc

@@ -1,0 +1,317 @@
+"""The whole milter path on hostile input, through pymilter's TestCtx (hypothesis).
+
+The real FwdMilter with a real SQLite store and the session's DNS server,
+both healthy: every 4xx is then caused by the input, and none may be (RFC
+5321 section 4.2.5: a 4xx tells the client to retry, and input that earns
+one earns it again on every retry). Properties, for any envelope, headers
+and body a client can send:
+
+- no callback raises or logs an unexpected error ("reason=internal");
+- no reply is temporary, except the deferral of U mail for a target that
+  has held mail (caused by the store's state, which earlier examples built);
+- every string handed to libmilter (replies, header and envelope changes,
+  quarantine reasons) is one its C layer takes: UTF-8, without NUL.
+"""
+
+from __future__ import annotations
+
+import email.message
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import Milter
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fwdmilter import replies, runtime
+from fwdmilter.milter import FwdMilter
+from fwdmilter.store.base import Forward, MessageRecord
+from tests.fuzz.strategies import hostile_text, octets_text, path
+from tests.fuzz.test_fuzz_parsers import dsn_messages
+from tests.harness.dns import DnsServer
+from tests.milter.test_milter_ctx import Ctx, Hooks, make_runtime
+
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+TRUSTED_IP, OUTSIDE_IP = "127.0.0.1", "192.0.2.10"
+#: Senders whose SRS addresses have records: one verified (B), one not (U).
+B_SENDER, U_SENDER = "alice@pass.example", "spoofed@softfail.example"
+
+
+def _c_string(value: object) -> None:
+    """What pymilter's C layer does with a str argument ("s" format)."""
+    if isinstance(value, str):
+        value.encode("utf-8")  # UnicodeEncodeError for a lone surrogate
+        if "\0" in value:
+            raise ValueError("embedded null character")
+
+
+class StrictCtx(Ctx):
+    """TestCtx that refuses, as libmilter's C layer would, what it cannot pass on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._msg = email.message.Message()
+
+    def setreply(self, *args: Any) -> None:
+        for a in args:
+            _c_string(a)
+        super().setreply(*args)
+
+    def addheader(self, field: str, value: str, idx: int) -> None:
+        _c_string(field), _c_string(value)
+        super().addheader(field, value, idx)
+
+    def chgheader(self, field: str, idx: int, value: str) -> None:
+        _c_string(field), _c_string(value)
+        super().chgheader(field, idx, value)
+
+    def chgfrom(self, sender: str, params: Any = None) -> None:
+        _c_string(sender), _c_string(params)
+        super().chgfrom(sender, params)
+
+    def addrcpt(self, rcpt: str, params: Any = None) -> None:
+        _c_string(rcpt), _c_string(params)
+        super().addrcpt(rcpt, params)
+
+    def delrcpt(self, rcpt: str) -> None:
+        _c_string(rcpt)
+        super().delrcpt(rcpt)
+
+    def quarantine(self, reason: str) -> None:
+        _c_string(reason)
+        super().quarantine(reason)
+
+
+class Errors(logging.Handler):
+    """Log records that say the milter met something it did not expect."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "reason=internal" in text or "spf=error" in text or record.exc_info:
+            self.seen.append(self.format(record))
+
+
+@pytest.fixture(scope="module")
+def fuzz_rt(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer) -> Iterator[runtime.Runtime]:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    rt = make_runtime(tmp, dns, f'url = "sqlite://{tmp}/state.db"')
+    rt.store.put_forward(Forward("bob@fwd.example", "bob@inner.example", contact="c@x.example"))
+    rt.store.put_forward(Forward("carol@fwd.example", "Carol@Inner.Example"))
+    rt.store.put_forward(Forward("old@fwd.example", "", moved_to="new@elsewhere.example"))
+    rt.store.put_forward(Forward("nul@fwd.example", "nul@inner.example", null_sender="hold"))
+    now = time.time()
+    records = []
+    for i, (sender, state) in enumerate(((B_SENDER, "B"), (U_SENDER, "U"))):
+        srs_addr = rt.settings.srs.forward(sender, now=now).lower()
+        records.append(
+            MessageRecord(
+                srs_addr,
+                f"m{i}.0",
+                f"m{i}",
+                state,
+                sender,
+                "bob@fwd.example",
+                "bob@inner.example",
+                now,
+                rt.settings.instance,
+                "Q0",
+            )
+        )
+    rt.store.record_messages(records, 86400)
+    yield rt
+    rt.store.close()
+
+
+@pytest.fixture(scope="module")
+def errors() -> Iterator[Errors]:
+    handler = Errors()
+    logger = logging.getLogger("fwdmilter")
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+
+
+header_name = st.sampled_from(
+    [
+        "Authentication-Results",
+        "Fwdmilter-Trace",
+        "Content-Type",
+        "Subject",
+        "From",
+        "Received",
+        "Auto-Submitted",
+        "X-Fuzz",
+    ]
+)
+header_value = st.one_of(
+    hostile_text,
+    octets_text,
+    st.sampled_from(
+        [
+            ";",
+            "",
+            "mx.fwd.example; spf=pass",
+            '"mx.fwd.example"; spf=pass',
+            "(a (b)) mx.fwd.example; none",
+            "fwd.example; id=abc; by=mx.fwd.example",
+            "multipart/report; report-type=delivery-status; boundary=b1",
+        ]
+    ),
+)
+headers = st.lists(st.tuples(header_name, header_value), max_size=8)
+body = st.one_of(st.binary(max_size=500), dsn_messages().map(lambda m: m.partition(b"\n\n")[2]))
+
+
+@st.composite
+def transactions(draw: st.DrawFn) -> dict[str, Any]:
+    srs_rcpt = st.sampled_from(["B", "U", "fresh", "forged"])
+    rcpts = draw(
+        st.lists(
+            st.one_of(
+                path,
+                st.builds(lambda lp: f"<{lp}@fwd.example>", st.one_of(hostile_text, octets_text)),
+                st.sampled_from(
+                    [
+                        "<bob@fwd.example>",
+                        "<BOB@FWD.EXAMPLE>",
+                        "<carol@fwd.example>",
+                        "<old@fwd.example>",
+                        "<nul@fwd.example>",
+                        "<nobody@fwd.example>",
+                        "<x@elsewhere.example>",
+                    ]
+                ),
+                srs_rcpt,
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    outside = draw(st.booleans())
+    if outside:
+        # Only names the session's DNS server answers for (it refuses the
+        # rest, which would be DNS trouble, not input).
+        sender = draw(
+            st.one_of(
+                st.sampled_from(["<>", "<alice@pass.example>", "<x@softfail.example>"]),
+                st.builds(lambda p: f"<{p}.example>", hostile_text.filter(lambda t: "@" in t)),
+                st.builds(lambda lp: f"<{lp}@pass.example>", hostile_text),
+                st.builds(lambda d: f"<x@{d}.example>", hostile_text),
+            )
+        )
+        helo = draw(
+            st.one_of(st.just("mx.pass.example"), hostile_text.map(lambda t: t + ".example"))
+        )
+    else:
+        sender = draw(
+            st.one_of(
+                st.just("<>"),
+                path,
+                st.builds(lambda lp: f"<{lp}@pass.example>", st.one_of(hostile_text, octets_text)),
+                st.builds(lambda d: f"<x@{d}>", st.one_of(hostile_text, octets_text)),
+            )
+        )
+        helo = draw(st.one_of(st.just("inner.example"), hostile_text))
+    return {
+        "ip": OUTSIDE_IP if outside else TRUSTED_IP,
+        "helo": helo,
+        "sender": sender,
+        "rcpts": rcpts,
+        "headers": draw(headers),
+        "body": draw(body),
+        "params": draw(st.lists(st.one_of(hostile_text, st.just("NOTIFY=FAILURE")), max_size=2)),
+    }
+
+
+def _rcpt(rt: runtime.Runtime, which: str) -> str:
+    now = time.time()
+    if which == "B":
+        return f"<{rt.settings.srs.forward(B_SENDER, now=now)}>"
+    if which == "U":
+        return f"<{rt.settings.srs.forward(U_SENDER, now=now)}>"
+    if which == "fresh":
+        return f"<{rt.settings.srs.forward('fresh@pass.example', now=now)}>"
+    if which == "forged":
+        return "<SRS0=AAAA=JM=pass.example=alice@fwd.example>"
+    return which
+
+
+def _temporary_ok(reply: tuple[Any, ...]) -> bool:
+    return reply[:3] == (
+        str(replies.TARGET_HELD.code),
+        replies.TARGET_HELD.status,
+        replies.TARGET_HELD.milter_text(),
+    )
+
+
+FINAL = {int(Milter.CONTINUE), int(Milter.REJECT), int(Milter.DISCARD), int(Milter.ACCEPT)}
+
+
+def run_transaction(rt: runtime.Runtime, hooks: Hooks, tx: dict[str, Any]) -> list[int]:
+    """Drive one transaction as libmilter would; the callbacks' answers."""
+    ctx = StrictCtx()
+    Milter.factory = lambda: FwdMilter(rt, hooks)
+    rc = ctx._connect(host="client.example", helo=tx["helo"], ip=tx["ip"])
+    answers = [rc]
+    if rc != Milter.CONTINUE:
+        return answers
+    rc = ctx._envfrom(tx["sender"])
+    answers.append(rc)
+    if rc != Milter.CONTINUE:
+        _check_reply(rc, ctx._reply)
+        return answers
+    accepted = 0
+    for rcpt in tx["rcpts"]:
+        ctx._stage = Milter.M_ENVRCPT
+        rc = ctx._priv.envrcpt(_rcpt(rt, rcpt), *tx["params"])
+        ctx._stage = None
+        answers.append(rc)
+        if rc == Milter.CONTINUE:
+            accepted += 1
+        else:
+            _check_reply(rc, ctx._reply)
+    if not accepted:
+        return answers
+    for name, value in tx["headers"]:
+        answers.append(ctx._priv.header_bytes(name, value.encode("utf-8", "surrogateescape")))
+    if tx["body"]:
+        answers.append(ctx._priv.body(tx["body"]))
+    ctx._body = None
+    ctx._reply = None
+    rc = ctx._eom()
+    _check_reply(rc, ctx._reply)
+    answers.append(rc)
+    return answers
+
+
+def _check_reply(rc: int, reply: tuple[Any, ...] | None) -> None:
+    if rc == Milter.TEMPFAIL:
+        assert reply is not None and _temporary_ok(reply), reply
+    else:
+        assert rc in FINAL, (rc, reply)
+
+
+@FUZZ
+@given(transactions())
+def test_no_input_earns_a_temporary_reply_or_an_internal_error(
+    fuzz_rt: runtime.Runtime, errors: Errors, tx: dict[str, Any]
+) -> None:
+    errors.seen.clear()
+    answers = run_transaction(fuzz_rt, Hooks(), tx)
+    assert not errors.seen, errors.seen
+    for rc in answers:
+        assert rc in FINAL or rc in (Milter.TEMPFAIL, Milter.NOREPLY), answers

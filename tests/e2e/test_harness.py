@@ -27,6 +27,21 @@ def plain(border_factory: BorderFactory) -> PostfixInstance:
 
 
 @pytest.fixture(scope="module")
+def parking(border_factory: BorderFactory) -> PostfixInstance:
+    """A BORDER without any milter that retries deferred mail only when flushed.
+
+    With the harness's one-second backoff a deferred message goes back to
+    the active queue at the next queue run, possibly while the delivery agent
+    that deferred it still has its file locked; qmgr then parks it in the
+    incoming queue for 60 s (see PostfixInstance.flush). A test that looks
+    at a deferred message needs it to stay put.
+    """
+    return border_factory(
+        name="parking", main={"minimal_backoff_time": "1h", "maximal_backoff_time": "1h"}
+    )
+
+
+@pytest.fixture(scope="module")
 def probed(border_factory: BorderFactory, probe_milter: ProbeMilter) -> PostfixInstance:
     """A BORDER whose own bounces pass the probe milter; a second port runs it in smtpd too."""
     return border_factory(
@@ -219,24 +234,52 @@ def test_broken_user_makes_inner_bounce_back_to_border(
     mail.assert_nothing_for(broken, listener="inbox")
 
 
-def test_deferred_mail_is_listed_and_flushed(mail: MailWorld, plain: PostfixInstance) -> None:
+def test_deferred_mail_is_listed_and_flushed(mail: MailWorld, parking: PostfixInstance) -> None:
     tok = unique()
     later = f"later+{tok}@pass.example"
     mail.sink.refuse(later, "450 4.2.0 try again later")
     try:
-        t = mail.send(plain, f"x+{tok}@pass.example", [later], source_ip="127.0.0.1")
+        t = mail.send(parking, f"x+{tok}@pass.example", [later], source_ip="127.0.0.1")
         assert t.accepted, t
-        entries = plain.wait_queue(
+        entries = parking.wait_queue(
             lambda q: any(e.queue_id == t.queue_id and e.queue_name == "deferred" for e in q)
         )
         entry = next(e for e in entries if e.queue_id == t.queue_id)
         assert entry.recipients == (later,) and "4.2.0" in entry.delay_reasons[0]
-        assert f"recipient: {later}" in plain.postcat(t.queue_id, "-e")
+        assert f"recipient: {later}" in parking.postcat(t.queue_id, "-e")
+        # Parked: no retry moved it while we looked.
+        (again,) = [e for e in parking.queue() if e.queue_id == t.queue_id]
+        assert again.queue_name == "deferred"
+        assert [r for r in mail.sink.rejections if r.address == later] != []
     finally:
         mail.sink.accept(later)
-    plain.flush()
+    parking.flush()
     mail.wait_for(later)
-    plain.wait_queue(lambda q: all(e.queue_id != t.queue_id for e in q))
+    parking.wait_queue(lambda q: all(e.queue_id != t.queue_id for e in q))
+    assert parking.parked() == []
+
+
+def test_flush_waits_for_the_delivery_agent_to_let_go(
+    mail: MailWorld, parking: PostfixInstance
+) -> None:
+    """A deferred queue file that a process still holds is not flushed (qmgr
+    would find it locked and park it for 60 s): flush waits until it is let go."""
+    tok = unique()
+    later = f"later+{tok}@pass.example"
+    with mail.sink.refusing(later, "450 4.2.0 try again later"):
+        t = mail.send(parking, f"x+{tok}@pass.example", [later], source_ip="127.0.0.1")
+        parking.wait_queue(
+            lambda q: any(e.queue_id == t.queue_id and e.queue_name == "deferred" for e in q)
+        )
+    (path,) = (parking.queue_dir / "deferred").rglob(t.queue_id)
+    with path.open("rb") as held:
+        assert parking.open_queue_files("deferred") == [t.queue_id]
+        with pytest.raises(TimeoutError, match="holds a deferred queue file"):
+            parking.flush(timeout=0.5)
+        held.close()
+        parking.flush()
+    mail.wait_for(later)
+    assert parking.parked() == []
 
 
 # -- a milter on Postfix's own bounces -------------------------------------------

@@ -525,9 +525,49 @@ class PostfixInstance:
             lambda entries: f"queue of {self.name}: {entries}\n{self.explain()}",
         )
 
-    def flush(self) -> None:
-        """``postqueue -f``: retry every deferred message now."""
+    def flush(self, timeout: float = 10.0) -> None:
+        """``postqueue -f``: retry every deferred message now.
+
+        First waits until no process holds a deferred queue file open. A
+        delivery agent keeps the file (and a shared lock on it) for a moment
+        after it told qmgr the delivery was deferred; a flush in that moment
+        makes qmgr find the file locked ("skipped, still being delivered"),
+        and qmgr then parks it in the incoming queue for 60 seconds
+        (qmgr_active.c: ``qmgr_active_defer(..., MAIL_QUEUE_INCOMING, 60)``),
+        longer than any wait of the tests.
+        """
+        wait_until(
+            lambda: not self.open_queue_files("deferred"),
+            timeout,
+            f"no process of {self.name} holds a deferred queue file",
+        )
         _run(["postqueue", "-c", str(self.config_dir), "-f"])
+
+    def open_queue_files(self, queue_name: str) -> list[str]:
+        """Queue ids of ``queue_name`` whose file some process has open."""
+        files: dict[tuple[int, int], str] = {}
+        for path in (self.queue_dir / queue_name).rglob("*"):
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                if path.is_file():
+                    files[(st.st_dev, st.st_ino)] = path.name
+        if not files:
+            return []
+        held: set[str] = set()
+        for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+            with contextlib.suppress(OSError):
+                for fd in os.scandir(fd_dir):
+                    with contextlib.suppress(OSError):
+                        st = fd.stat()  # follows the link to the open file
+                        queue_id = files.get((st.st_dev, st.st_ino))
+                        if queue_id is not None:
+                            held.add(queue_id)
+        return sorted(held)
+
+    def parked(self) -> list[str]:
+        """Queue ids qmgr found locked and parked in incoming for 60 s (see
+        :meth:`flush`): each one stalls every wait for its queue state."""
+        return sorted(set(re.findall(r"(\w+): skipped, still being delivered", self.log())))
 
     def postsuper(self, *args: str) -> str:
         """``postsuper -c CONFIG_DIR ARGS``, e.g. ``("-H", queue_id)`` to release from hold."""
@@ -573,8 +613,16 @@ class PostfixInstance:
         ]
 
     def explain(self, lines: int = 40) -> str:
+        parked = self.parked()
+        note = (
+            f"--- {self.name}: qmgr parked {', '.join(parked)} in incoming for 60 s"
+            " (queue file locked by a delivery agent when qmgr reopened it)\n"
+            if parked
+            else ""
+        )
         return (
-            f"--- maillog of {self.name} ({self.log_path}), last {lines} lines:\n"
+            note
+            + f"--- maillog of {self.name} ({self.log_path}), last {lines} lines:\n"
             + self.log_tail(lines)
         )
 

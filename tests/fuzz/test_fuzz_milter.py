@@ -41,7 +41,7 @@ FUZZ = settings(
 )
 TRUSTED_IP, OUTSIDE_IP = "127.0.0.1", "192.0.2.10"
 #: Senders whose SRS addresses have records: one verified (B), one not (U).
-B_SENDER, U_SENDER = "alice@pass.example", "spoofed@softfail.example"
+B_SENDER, U_SENDER = "verified@pass.example", "spoofed@softfail.example"
 
 
 def _c_string(value: object) -> None:
@@ -173,66 +173,93 @@ header_value = st.one_of(
     ),
 )
 headers = st.lists(st.tuples(header_name, header_value), max_size=8)
-body = st.one_of(st.binary(max_size=500), dsn_messages().map(lambda m: m.partition(b"\n\n")[2]))
+
+
+def _split_message(raw: bytes) -> tuple[list[tuple[str, str]], bytes]:
+    head, _, body = raw.partition(b"\n\n")
+    fields = []
+    for line in head.decode("utf-8", "surrogateescape").split("\n"):
+        name, _, value = line.partition(": ")
+        fields.append((name, value))
+    return fields, body
+
+
+#: (header fields, body): arbitrary ones, or a fuzzed bounce report whose
+#: own Content-Type leads the fuzzed fields.
+message = st.one_of(
+    st.tuples(headers, st.binary(max_size=500)),
+    st.builds(
+        lambda report, extra: (_split_message(report)[0] + extra, _split_message(report)[1]),
+        dsn_messages(),
+        headers,
+    ),
+)
+
+
+def _weighted(*choices: tuple[int, st.SearchStrategy[str]]) -> st.SearchStrategy[str]:
+    """One of ``choices``, each as often as its weight says (st.one_of
+    would favour the richest one)."""
+    table = [strategy for weight, strategy in choices for _ in range(weight)]
+    return st.integers(0, len(table) - 1).flatmap(lambda i: table[i])
+
+
+ours = st.sampled_from(
+    [
+        "<bob@fwd.example>",
+        "<BOB@FWD.EXAMPLE>",
+        "<carol@fwd.example>",
+        "<old@fwd.example>",
+        "<nul@fwd.example>",
+        "<nobody@fwd.example>",
+        "<x@elsewhere.example>",
+    ]
+)
+hostile_local = st.one_of(hostile_text, octets_text)
+rcpt = _weighted(
+    (3, ours),
+    (3, st.sampled_from(["B", "U", "fresh", "forged"])),  # SRS addresses: see _rcpt
+    (1, path),
+    (1, st.builds(lambda lp: f"<{lp}@fwd.example>", hostile_local)),
+)
+inside_sender = _weighted(
+    (3, st.just("<>")),
+    (
+        3,
+        st.sampled_from(
+            ["<alice@pass.example>", "<Ünï@bücher.example>", "<@r.example:a@b.example>"]
+        ),
+    ),
+    (1, path),
+    (1, st.builds(lambda lp: f"<{lp}@pass.example>", hostile_local)),
+    (1, st.builds(lambda d: f"<x@{d}>", hostile_local)),
+)
+# From outside, only names the session's DNS server answers for (it refuses
+# the rest, which would be DNS trouble, not input).
+outside_sender = _weighted(
+    (3, st.sampled_from(["<>", "<alice@pass.example>", "<x@softfail.example>"])),
+    (1, st.builds(lambda p: f"<{p}.example>", hostile_text.filter(lambda t: "@" in t))),
+    (1, st.builds(lambda lp: f"<{lp}@pass.example>", hostile_text)),
+    (1, st.builds(lambda d: f"<x@{d}.example>", hostile_text)),
+)
 
 
 @st.composite
 def transactions(draw: st.DrawFn) -> dict[str, Any]:
-    srs_rcpt = st.sampled_from(["B", "U", "fresh", "forged"])
-    rcpts = draw(
-        st.lists(
-            st.one_of(
-                path,
-                st.builds(lambda lp: f"<{lp}@fwd.example>", st.one_of(hostile_text, octets_text)),
-                st.sampled_from(
-                    [
-                        "<bob@fwd.example>",
-                        "<BOB@FWD.EXAMPLE>",
-                        "<carol@fwd.example>",
-                        "<old@fwd.example>",
-                        "<nul@fwd.example>",
-                        "<nobody@fwd.example>",
-                        "<x@elsewhere.example>",
-                    ]
-                ),
-                srs_rcpt,
-            ),
-            min_size=1,
-            max_size=3,
-        )
-    )
     outside = draw(st.booleans())
     if outside:
-        # Only names the session's DNS server answers for (it refuses the
-        # rest, which would be DNS trouble, not input).
-        sender = draw(
-            st.one_of(
-                st.sampled_from(["<>", "<alice@pass.example>", "<x@softfail.example>"]),
-                st.builds(lambda p: f"<{p}.example>", hostile_text.filter(lambda t: "@" in t)),
-                st.builds(lambda lp: f"<{lp}@pass.example>", hostile_text),
-                st.builds(lambda d: f"<x@{d}.example>", hostile_text),
-            )
-        )
+        sender = draw(outside_sender)
         helo = draw(
             st.one_of(st.just("mx.pass.example"), hostile_text.map(lambda t: t + ".example"))
         )
     else:
-        sender = draw(
-            st.one_of(
-                st.just("<>"),
-                path,
-                st.builds(lambda lp: f"<{lp}@pass.example>", st.one_of(hostile_text, octets_text)),
-                st.builds(lambda d: f"<x@{d}>", st.one_of(hostile_text, octets_text)),
-            )
-        )
+        sender = draw(inside_sender)
         helo = draw(st.one_of(st.just("inner.example"), hostile_text))
     return {
         "ip": OUTSIDE_IP if outside else TRUSTED_IP,
         "helo": helo,
         "sender": sender,
-        "rcpts": rcpts,
-        "headers": draw(headers),
-        "body": draw(body),
+        "rcpts": draw(st.lists(rcpt, min_size=1, max_size=3)),
+        **dict(zip(("headers", "body"), draw(message), strict=True)),
         "params": draw(st.lists(st.one_of(hostile_text, st.just("NOTIFY=FAILURE")), max_size=2)),
     }
 

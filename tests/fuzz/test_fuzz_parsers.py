@@ -225,4 +225,3 @@ def test_dsn_parse_of_fuzzed_reports(raw: bytes) -> None:
     assert all(_encodes(s) and "\0" not in s for s in strings), strings
     assert parsed.kind in ("failure", "delay", "success")
     dsn.returned_message(raw)
-

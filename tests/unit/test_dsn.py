@@ -111,3 +111,111 @@ def test_truncated_and_garbage_input_never_crashes() -> None:
         dsn.returned_message(raw[:cut])
     with pytest.raises(DSNError):
         dsn.parse(bytes(range(256)) * 50)
+
+
+# -- hostile reports: every field a final answer (issue 14) -------------------------
+
+
+def report(*recipient_fields: bytes, per_message: bytes = b"Reporting-MTA: dns; x\n") -> bytes:
+    """A minimal failure DSN with these per-recipient fields."""
+    return (
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=X\n\n"
+        b"--X\nContent-Type: message/delivery-status\n\n"
+        + per_message
+        + b"\n"
+        + b"".join(recipient_fields)
+        + b"\n--X--\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "address"),
+    [
+        # RFC 6533: \x{...} outside Unicode's scalar values stays as written
+        # (it raised ValueError: 451 for ever).
+        (b"utf-8; caf\\x{110000}@x.example", "caf\\x{110000}@x.example"),
+        (b"utf-8; caf\\x{FFFFFF}@x.example", "caf\\x{FFFFFF}@x.example"),
+        (b"utf-8; caf\\x{D800}@x.example", "caf\\x{D800}@x.example"),
+        (b"utf-8; caf\\x{0}@x.example", "caf\\x{0}@x.example"),
+        (b"utf-8; caf\\x{E9}@x.example", "caf\xe9@x.example"),
+        # RFC 3461 xtext encodes printable ASCII only.
+        (b"rfc822; a+2Bb@x.example", "a+b@x.example"),
+        (b"rfc822; a+00b@x.example", "a+00b@x.example"),
+        (b"rfc822; a+E9b@x.example", "a+E9b@x.example"),
+        # 8-bit octets: UTF-8 is decoded, anything else replaced.
+        ("utf-8; josé@x.example".encode(), "josé@x.example"),
+        (b"rfc822; caf\xe9@x.example", "caf\ufffd@x.example"),
+        (b"rfc822; a\xff\xfe@x.example", "a\ufffd\ufffd@x.example"),
+        (b"", ""),
+        (b"x-unknown;", ""),
+        (b";;;", ";;"),
+    ],
+)
+def test_hostile_final_recipient(field: bytes, address: str) -> None:
+    (status,) = dsn.parse(report(b"Final-Recipient: " + field + b"\nAction: failed\n")).recipients
+    assert status.final_recipient == address
+    status.final_recipient.encode("utf-8")  # storable
+
+
+def test_hostile_action_status_and_diagnostic() -> None:
+    parsed = dsn.parse(
+        report(
+            b"Final-Recipient: rfc822; a@x.example\nAction: \xff\xfe\nStatus: 9.9.9999\n"
+            b"Diagnostic-Code: smtp; \xc3\xa9\xff 550 \x00 no\n",
+            per_message=b"Reporting-MTA: \xff\nArrival-Date: not a date\n"
+            b"Original-Envelope-Id: " + b"e" * 5000 + b"\n",
+        )
+    )
+    (status,) = parsed.recipients
+    assert status.action == "\ufffd\ufffd" and status.status == ""
+    assert status.diagnostic == "é\ufffd 550 \ufffd no"
+    assert parsed.reporting_mta == "\ufffd" and len(parsed.envelope_id) == 1000
+    assert parsed.kind == "failure"  # an action we cannot read is no success
+
+
+def test_empty_action_and_repeated_fields() -> None:
+    (status,) = dsn.parse(
+        report(b"Final-Recipient: rfc822; a@x\nFinal-Recipient: rfc822; b@x\nAction:\n")
+    ).recipients
+    assert (status.final_recipient, status.action) == ("a@x", "")
+
+
+def test_returned_headers_with_8bit_octets_are_cleaned() -> None:
+    raw = report(b"Final-Recipient: rfc822; a@x\nAction: failed\n").replace(
+        b"\n--X--\n",
+        b"\n--X\nContent-Type: text/rfc822-headers\n\n"
+        b"Subject: caf\xc3\xa9 \xff\nFwdmilter-Trace: fwd.example; id=abc; by=mx\n\n--X--\n",
+    )
+    parsed = dsn.parse(raw)
+    assert parsed.header_values("subject") == ("café \ufffd",)
+    assert parsed.header_values("fwdmilter-trace") == ("fwd.example; id=abc; by=mx",)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # Parts nested thousands deep: the email package's recursion limit.
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\n\n"
+        + b"--b\nContent-Type: multipart/mixed; boundary=b\n\n" * 5000,
+        # No boundary at all, and an empty one.
+        b"Content-Type: multipart/report; report-type=delivery-status\n\nbody\n",
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary=""\n\n--\n',
+        # A status part in an unknown transfer encoding, and in broken base64.
+        report(b"Final-Recipient: rfc822; a@x\n").replace(
+            b"message/delivery-status\n",
+            b"message/global-delivery-status\nContent-Transfer-Encoding: x-bogus\n",
+        ),
+        report(b"Final-Recipient: rfc822; a@x\n").replace(
+            b"message/delivery-status\n\nReporting-MTA: dns; x\n",
+            b"message/global-delivery-status\nContent-Transfer-Encoding: base64\n\n=====\n",
+        ),
+    ],
+    ids=["nested", "no-boundary", "empty-boundary", "bogus-cte", "broken-base64"],
+)
+def test_malformed_structures_give_a_dsn_error_or_a_dsn(raw: bytes) -> None:
+    try:
+        parsed = dsn.parse(raw)
+    except DSNError:
+        return
+    for r in parsed.recipients:
+        r.final_recipient.encode("utf-8")

@@ -1,0 +1,147 @@
+"""Hostile input gets a final answer through the whole milter (issue 14).
+
+Each case answered 451 on every retry before: a client retries a 4xx for
+days and then bounces, so the mail is lost and its sender gets the bounce
+the forwarder exists to avoid. The fuzz tests (tests/fuzz) search for more.
+"""
+
+from __future__ import annotations
+
+import email.message
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import Milter
+import pytest
+
+from fwdmilter import policy, replies, runtime
+from fwdmilter.store.base import Forward, MessageRecord
+from tests.harness.dns import DnsServer
+from tests.milter.test_milter_ctx import MESSAGE, Ctx, Hooks, connect, feed, make_runtime, reply
+
+
+@pytest.fixture
+def rt(tmp_path: Path, dns: DnsServer) -> Iterator[runtime.Runtime]:
+    r = make_runtime(tmp_path, dns, f'url = "sqlite://{tmp_path}/state.db"')
+    r.store.put_forward(Forward("bob@fwd.example", "bob@inner.example"))
+    yield r
+    r.store.close()
+
+
+@pytest.fixture
+def hooks() -> Hooks:
+    return Hooks()
+
+
+BOUNCES = Path(__file__).parents[1] / "data" / "bounces"
+
+
+def feed_raw(ctx: Ctx, sender: str, rcpt: str, raw: bytes) -> int:
+    """One transaction with the message's bytes as they are: TestCtx's own
+    feed re-serialises the message through the email package, which turns
+    a message/delivery-status part into something that no longer parses."""
+    ctx._msg = email.message.Message()
+    assert ctx._envfrom(f"<{sender}>") == Milter.CONTINUE
+    assert ctx._envrcpt(f"<{rcpt}>") == Milter.CONTINUE
+    head, _, body = raw.partition(b"\n\n")
+    for line in re.split(rb"\n(?![ \t])", head):
+        name, _, value = line.partition(b":")
+        ctx._priv.header_bytes(name.decode("ascii"), value.lstrip())
+    ctx._priv.body(body)
+    ctx._body = None
+    rc: int = ctx._eom()
+    return rc
+
+
+def said(ctx: Ctx, expected: replies.Reply) -> bool:
+    return reply(ctx)[:3] == (str(expected.code), expected.status, expected.milter_text())
+
+
+def test_empty_authentication_results_is_forwarded(rt: runtime.Runtime, hooks: Hooks) -> None:
+    ctx = connect(rt, hooks)
+    message = b"Authentication-Results: ;\n" + MESSAGE
+    assert feed(ctx, "alice@pass.example", "bob@fwd.example", message=message) == Milter.CONTINUE
+    assert ctx._addrcpt[0][0] == "<bob@inner.example>"
+
+
+def test_forged_authentication_results_with_nested_comment_or_quoted_id_are_removed(
+    rt: runtime.Runtime, hooks: Hooks
+) -> None:
+    forged = (
+        b"Authentication-Results: (a (nested) comment) mx.fwd.example; spf=pass\n"
+        b'Authentication-Results: "MX.fwd.example"; dkim=pass\n'
+        b"Authentication-Results: mx.fwd.example(x); dmarc=pass\n"
+        b"Authentication-Results: other.example; spf=fail\n"
+    )
+    ctx = connect(rt, hooks)
+    assert (
+        feed(ctx, "alice@pass.example", "bob@fwd.example", message=forged + MESSAGE)
+        == Milter.CONTINUE
+    )
+    assert sorted(ctx._msg.get_all(policy.AUTH_RESULTS_HEADER)) == [
+        "mx.fwd.example; spf=pass smtp.mailfrom=alice@pass.example",  # ours, added
+        "other.example; spf=fail",
+    ]
+
+
+def test_sender_that_is_not_utf8_is_refused_for_good(rt: runtime.Runtime, hooks: Hooks) -> None:
+    ctx = connect(rt, hooks, ip="127.0.0.1")
+    # pymilter hands octets that are not UTF-8 over as lone surrogates.
+    assert feed(ctx, "caf\udce9@pass.example", "bob@fwd.example") == Milter.REJECT
+    assert said(ctx, replies.BAD_ADDRESS)
+    assert ctx._addrcpt == [] and hooks.running == 0
+
+
+def test_recipient_that_is_not_utf8_is_refused_for_good(rt: runtime.Runtime, hooks: Hooks) -> None:
+    ctx = connect(rt, hooks, ip="127.0.0.1")
+    assert feed(ctx, "alice@pass.example", "b\udcffob@fwd.example") == Milter.REJECT
+    assert said(ctx, replies.BAD_RECIPIENT)
+    ctx = connect(rt, hooks, ip="127.0.0.1")
+    assert feed(ctx, "alice@pass.example", "bob\r\n@fwd.example") == Milter.REJECT
+    assert said(ctx, replies.BAD_RECIPIENT)
+
+
+def test_sender_domain_that_cannot_be_looked_up_is_not_deferred(
+    rt: runtime.Runtime, hooks: Hooks
+) -> None:
+    # From outside, SPF is checked: a name DNS cannot even form has no
+    # record (RFC 7208 4.3): SPF none, accepted by the default policy.
+    for domain in ("a..b.example", "x" * 64 + ".example", "☃\u200d.example"):
+        ctx = connect(rt, hooks)
+        assert feed(ctx, f"x@{domain}", "bob@fwd.example") != Milter.TEMPFAIL, domain
+        assert reply(ctx)[:1] != ("451",), reply(ctx)
+
+
+def test_bounce_with_out_of_range_utf8_escape_is_held(rt: runtime.Runtime, hooks: Hooks) -> None:
+    now = time.time()
+    srs_addr = rt.settings.srs.forward("spoofed@softfail.example", now=now)
+    rt.store.record_messages(
+        [
+            MessageRecord(
+                srs_addr.lower(),
+                "m.0",
+                "m",
+                "U",
+                "spoofed@softfail.example",
+                "bob@fwd.example",
+                "bob@inner.example",
+                now,
+                "mx.fwd.example",
+                "Q0",
+            )
+        ],
+        86400,
+    )
+    bounce = (BOUNCES / "postfix-failed.eml").read_bytes()
+    bounce = bounce.replace(
+        b"Final-Recipient: rfc822; broken@inner.example",
+        b"Final-Recipient: utf-8; bob\\x{110000}@inner.example",
+    )
+    ctx = connect(rt, hooks, ip="127.0.0.1", helo="inner.example")
+    assert feed_raw(ctx, "", srs_addr, bounce) == Milter.CONTINUE
+    assert ctx.quarantined is not None and "sender not verified" in ctx.quarantined
+    (entry,) = rt.store.held(target="bob@inner.example")
+    # Read as a DSN: its diagnostic is the reason.
+    assert entry.state == "H" and "mailbox full" in entry.reason

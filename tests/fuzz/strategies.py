@@ -6,7 +6,13 @@ not UTF-8: lone surrogates U+DC80-DCFF (``surrogateescape``).
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import strategies as st
+
+#: Examples per fuzz test are multiplied by this (default 1: a few seconds
+#: each); e.g. FWDMILTER_FUZZ_SCALE=20 for a long search by hand.
+SCALE = max(1, int(os.environ.get("FWDMILTER_FUZZ_SCALE", "1")))
 
 #: Characters a hostile client can put in a field, as pymilter decodes them.
 hostile_char = st.one_of(

@@ -29,13 +29,14 @@ from hypothesis import strategies as st
 from fwdmilter import replies, runtime
 from fwdmilter.milter import FwdMilter
 from fwdmilter.store.base import Forward, MessageRecord
-from tests.fuzz.strategies import hostile_text, octets_text, path
+from srs import SRSError
+from tests.fuzz.strategies import SCALE, hostile_text, octets_text, path
 from tests.fuzz.test_fuzz_parsers import dsn_messages
 from tests.harness.dns import DnsServer
 from tests.milter.test_milter_ctx import Ctx, Hooks, make_runtime
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=150 * SCALE,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -215,11 +216,25 @@ ours = st.sampled_from(
     ]
 )
 hostile_local = st.one_of(hostile_text, octets_text)
+srs_field = st.one_of(st.from_regex(r"\A[A-Za-z0-9+/]{0,6}\Z"), hostile_text)
 rcpt = _weighted(
     (3, ours),
     (3, st.sampled_from(["B", "U", "fresh", "forged"])),  # SRS addresses: see _rcpt
     (1, path),
     (1, st.builds(lambda lp: f"<{lp}@fwd.example>", hostile_local)),
+    # Valid SRS addresses of hostile senders, and SRS-shaped garbage.
+    (1, st.builds(lambda lp: f"srs:{lp}", hostile_local)),
+    (
+        1,
+        st.builds(
+            lambda tag, h, t, d, lp: f"<{tag}={h}={t}={d}={lp}@fwd.example>",
+            st.sampled_from(["SRS0", "SRS1", "srs0", "SRS0+"]),
+            srs_field,
+            srs_field,
+            srs_field,
+            hostile_local,
+        ),
+    ),
 )
 inside_sender = _weighted(
     (3, st.just("<>")),
@@ -274,6 +289,11 @@ def _rcpt(rt: runtime.Runtime, which: str) -> str:
         return f"<{rt.settings.srs.forward('fresh@pass.example', now=now)}>"
     if which == "forged":
         return "<SRS0=AAAA=JM=pass.example=alice@fwd.example>"
+    if which.startswith("srs:"):
+        try:
+            return f"<{rt.settings.srs.forward(which[4:] + '@pass.example', now=now)}>"
+        except SRSError:
+            return which[4:]
     return which
 
 

@@ -15,9 +15,11 @@ from hypothesis import strategies as st
 
 from fwdmilter import addr, dsn, headers
 from fwdmilter.errors import DSNError
-from tests.fuzz.strategies import address, hostile_text, octets_text, path
+from tests.fuzz.strategies import SCALE, address, hostile_text, octets_text, path
 
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=300 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def _encodes(text: str) -> bool:
@@ -203,7 +205,7 @@ def dsn_messages(draw: st.DrawFn) -> bytes:
     return head + b"MIME-Version: 1.0\n\n" + body
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dsn_messages())
 def test_dsn_parse_of_fuzzed_reports(raw: bytes) -> None:
     try:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from fwdmilter import replies
 from fwdmilter.config import StoreSettings
 from fwdmilter.store import open_store
 from fwdmilter.store.base import Forward, HeldEntry, MessageRecord
@@ -36,11 +37,11 @@ from tests.docs.markdown import REPO, Block, blocks
 from tests.docs.sandbox import Mismatch, Sandbox, Substitutions, match_output
 from tests.harness.fwdmilter_proc import FwdMilter
 from tests.harness.mail_fixtures import BorderFactory, MailWorld
-from tests.harness.postfix import PostfixInstance, RuntimeDir
+from tests.harness.postfix import MILTER_UNAVAILABLE, PostfixInstance, RuntimeDir
 from tests.harness.proc import free_port, wait_until
 from tests.harness.redis import RedisServer
 from tests.harness.sink import Sink
-from tests.harness.smtp import Client, make_message, send
+from tests.harness.smtp import Client, make_message, said, send
 
 __all__ = ["World", "build", "stop", "EVENTS", "CHECKS", "main_cf"]
 
@@ -307,7 +308,7 @@ def bounce_held(w: World) -> None:
     # What docs/operations.md says happens meanwhile: U mail for the target
     # is deferred, B mail still goes through (and is refused downstream).
     t = w.send("someone@neutral.example", f"bob@{DOMAIN}", "deferred")
-    assert t.rcpt(f"bob@{DOMAIN}").startswith("451 4.7.1"), t
+    assert t.rcpt(f"bob@{DOMAIN}").said(replies.TARGET_HELD), t
     t = w.send("friend@pass.example", f"bob@{DOMAIN}", "verified")
     assert t.accepted, t
     w.mail.wait_for("friend@pass.example")  # its bounce goes to its verified sender
@@ -376,7 +377,7 @@ def reload_after_drop(w: World) -> None:
     """The old secret is gone: bounces to its addresses are refused."""
     assert w.fm.secrets_file.read_text().split() == [w.notes["new_secret"]]
     w.fm.reload()
-    assert _rcpt_reply(w, w.notes["old_srs"]).startswith("550 5.7.1")
+    assert said(_rcpt_reply(w, w.notes["old_srs"]), replies.SRS_FORGED)
 
 
 def milter_stopped(w: World) -> None:
@@ -384,7 +385,7 @@ def milter_stopped(w: World) -> None:
     # Meanwhile Postfix answers 4xx (milter_default_action = tempfail).
     t = w.send("friend@pass.example", f"bob@{DOMAIN}", "while stopped")
     reply = str(t.mail or t.helo or t.greeting)
-    assert reply == "451 4.7.1 Service unavailable - try again later", t
+    assert reply == MILTER_UNAVAILABLE, t
 
 
 def milter_started(w: World) -> None:

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from fwdmilter import replies
 from srs import SRS
 from tests.harness.fwdmilter_proc import FwdMilter
 from tests.harness.mail_fixtures import OUTSIDE, BorderFactory, MailWorld
-from tests.harness.postfix import PostfixInstance, RuntimeDir
+from tests.harness.postfix import MILTER_UNAVAILABLE, PostfixInstance, RuntimeDir
 from tests.harness.proc import free_port, wait_until
 from tests.harness.smtp import Client, make_message, unique
 
@@ -120,7 +121,7 @@ def test_sighup_with_a_broken_configuration_keeps_the_running_one(
             "forward", "set", f"f{tok}@fwd.example", f"alice+{tok}@inner.example", check=False
         )
         t = mail.send(border, f"x{tok}@fail.example", [f"f{tok}@fwd.example"], source_ip=OUTSIDE)
-        assert t.mail.startswith("550 5.7.23"), t
+        assert t.mail.said(replies.SPF_FAIL, completed=True), t
     finally:
         fm.stop()
 
@@ -142,7 +143,7 @@ def test_sigterm_lets_a_running_transaction_finish_and_refuses_new_ones(
         t = mail.send(
             border, f"b{tok}@pass.example", [rcpt], source_ip=OUTSIDE, helo="helo.pass.example"
         )
-        assert not t.accepted and str(t.mail or t.helo or t.greeting).startswith("451"), t
+        assert not t.accepted and str(t.mail or t.helo or t.greeting) == MILTER_UNAVAILABLE, t
         assert time.monotonic() - started < 3  # refused at once, not after a timeout
         assert fm.alive  # still finishing the running transaction
         data = c.smtp.data(make_message(f"a{tok}@pass.example", rcpt, subject=f"finish {tok}"))

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from fwdmilter import replies
 from srs import SRS
 from tests.harness.fwdmilter_proc import FwdMilter
 from tests.harness.mail_fixtures import OUTSIDE, BorderFactory, MailWorld
@@ -98,7 +99,7 @@ def test_spf_fail_is_refused_at_mail_from_and_nothing_is_delivered(
     t = mail.send(
         border, f"s{tok}@fail.example", [rcpt], source_ip=OUTSIDE, helo="helo.pass.example"
     )
-    assert t.mail.startswith("550 5.7.23"), t
+    assert t.mail.said(replies.SPF_FAIL, completed=True), t
     assert "fail.example" in str(t.mail)
     mail.assert_nothing_for(target)
 
@@ -107,7 +108,7 @@ def test_dns_timeout_answers_451(fm: FwdMilter, border: PostfixInstance, mail: M
     rcpt, _target, tok = forwarding(fm)
     started = time.monotonic()
     t = mail.send(border, f"s{tok}@temperror.example", [rcpt], source_ip=OUTSIDE)
-    assert t.mail.startswith("451 4.7.24"), t
+    assert t.mail.said(replies.SPF_TEMPERROR, completed=True), t
     assert time.monotonic() - started < 10
 
 
@@ -116,7 +117,7 @@ def test_unknown_forwarding_recipient_is_refused(
 ) -> None:
     tok = unique()
     t = mail.send(border, f"s{tok}@pass.example", [f"nobody{tok}@fwd.example"], source_ip=OUTSIDE)
-    assert t.rcpt(f"nobody{tok}@fwd.example").startswith("550 5.1.1"), t
+    assert t.rcpt(f"nobody{tok}@fwd.example").said(replies.UNKNOWN_RECIPIENT), t
 
 
 def test_moved_recipient_is_refused_with_the_new_address(
@@ -126,8 +127,8 @@ def test_moved_recipient_is_refused_with_the_new_address(
     fm.fwdctl("forward", "delete", rcpt, "--moved-to", f"new{tok}@elsewhere.example")
     t = mail.send(border, f"s{tok}@pass.example", [rcpt], source_ip=OUTSIDE)
     reply = t.rcpt(rcpt)
-    assert reply.startswith("551 5.1.6"), t
-    assert f"<new{tok}@elsewhere.example>" in str(reply)
+    moved = replies.MOVED_RECIPIENT
+    assert reply.said(moved.with_text(moved.text.format(moved_to=f"new{tok}@elsewhere.example"))), t
 
 
 def test_forged_and_expired_srs_bounces_are_refused(
@@ -138,10 +139,8 @@ def test_forged_and_expired_srs_bounces_are_refused(
     forged = SRS(["not our secret"], "fwd.example").forward(f"s{tok}@pass.example")
     expired = ours.forward(f"s{tok}@pass.example", now=time.time() - 30 * 86400)
     t = mail.send(border, "", [forged, expired], source_ip=OUTSIDE, helo="helo.pass.example")
-    assert t.rcpt(forged).startswith("550 5.7.1"), t
-    assert "signature" in str(t.rcpt(forged))
-    assert t.rcpt(expired).startswith("550 5.7.1"), t
-    assert "Expired" in str(t.rcpt(expired))
+    assert t.rcpt(forged).said(replies.SRS_FORGED), t
+    assert t.rcpt(expired).said(replies.SRS_EXPIRED), t
     mail.assert_nothing_for(f"s{tok}@pass.example")
 
 
@@ -201,7 +200,7 @@ def test_a_loop_is_refused(fm: FwdMilter, border: PostfixInstance, mail: MailWor
         source_ip=OUTSIDE,
         helo="helo.pass.example",
     )
-    assert t.data.startswith("554 5.4.6"), t
+    assert t.data.said(replies.LOOP), t
     mail.assert_nothing_for(target)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from fwdmilter import replies
 from tests.harness.fwdmilter_proc import FwdMilter
 from tests.harness.mail_fixtures import OUTSIDE, BorderFactory, MailWorld
 from tests.harness.postfix import PostfixInstance, RuntimeDir
@@ -112,7 +113,7 @@ def test_a_target_held_through_one_border_is_deferred_through_the_other(pair: Pa
     (entry,) = p.held(target)
     assert entry["host"] == "border1.fwd.example"
     t = p.send(1, f"u{tok}@neutral.example", rcpt, f"two {tok}")
-    assert t.rcpt(rcpt).startswith("451 4.7.1"), t
+    assert t.rcpt(rcpt).said(replies.TARGET_HELD), t
     assert p.send(1, f"b{tok}@pass.example", rcpt, f"three {tok}").accepted
     # Requeue must run on the host that holds the bounce.
     other = p.milters[1].fwdctl("held", "requeue", "--target", target, check=False)
@@ -132,7 +133,7 @@ def test_redis_outage_answers_451_loses_nothing_and_recovers(pair: Pair) -> None
     try:
         for i in (0, 1):
             t = p.send(i, f"d{tok}@pass.example", rcpt, f"during {tok}")
-            assert t.rcpt(rcpt).startswith("451 4.3.0"), t
+            assert t.rcpt(rcpt).said(replies.STORE_UNAVAILABLE), t
             assert not t.accepted
         p.milters[0].wait_log(r"stage=rcpt action=tempfail reason=store")
     finally:
@@ -171,7 +172,7 @@ def test_200_concurrent_transactions_leave_exact_counters(pair: Pair) -> None:
         for th in threads:
             th.join(120)
         accepted = [n for n, t in results if t.accepted]
-        deferred = [n for n, t in results if t.rcpt(rcpts[n % 5]).startswith("451 4.7.1")]
+        deferred = [n for n, t in results if t.rcpt(rcpts[n % 5]).said(replies.TARGET_HELD)]
         assert len(results) == 200
         assert len(accepted) + len(deferred) == 200, [str(t) for _, t in results if not t.accepted][
             :3

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis as redis_py
 
+from fwdmilter import replies
 from tests.harness.fwdmilter_proc import FwdMilter
 from tests.harness.mail_fixtures import OUTSIDE, BorderFactory, MailWorld
 from tests.harness.postfix import RuntimeDir
@@ -80,9 +81,11 @@ def test_a_site_moves_from_sqlite_to_redis_without_losing_a_record(
         assert after["stats"] == before["stats"]
         # The moved recipient, the held target and the records all came across.
         t = mail.send(border, f"z{tok}@pass.example", [f"gone{tok}@fwd.example"], source_ip=OUTSIDE)
-        assert t.rcpt(f"gone{tok}@fwd.example").startswith("551 5.1.6"), t
+        moved = replies.MOVED_RECIPIENT
+        moved = moved.with_text(moved.text.format(moved_to=f"new{tok}@else.example"))
+        assert t.rcpt(f"gone{tok}@fwd.example").said(moved), t
         t = mail.send(border, f"u{tok}@neutral.example", [held_rcpt], source_ip=OUTSIDE)
-        assert t.rcpt(held_rcpt).startswith("451 4.7.1"), t
+        assert t.rcpt(held_rcpt).said(replies.TARGET_HELD), t
         fm.fwdctl("held", "requeue", "--target", held_target)
         mail.wait_for(held_target, match=lambda m: tok in str(m.email["Subject"]))
         deadline = time.monotonic() + 20

@@ -53,12 +53,18 @@ from tests.harness.proc import Process, free_port, poll, wait_until
 
 __all__ = [
     "FAST_MAIN",
+    "MILTER_UNAVAILABLE",
     "PostfixError",
     "PostfixInstance",
     "QueueEntry",
     "RuntimeDir",
     "hash_map",
 ]
+
+
+#: What Postfix answers when a milter is unavailable or times out and
+#: milter_default_action is tempfail: never the milter's own reply.
+MILTER_UNAVAILABLE = "451 4.7.1 Service unavailable - try again later"
 
 
 class PostfixError(Exception):

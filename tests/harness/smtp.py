@@ -7,6 +7,7 @@ API::
              mail_options=["BODY=8BITMIME"], rcpt_options=["NOTIFY=FAILURE"])
     t.mail                      # Reply(250, "2.1.0 Ok"); str(t.mail) == "250 2.1.0 Ok"
     t.mail.startswith("550 5.7.23")
+    t.rcpt("bob@fwd.example").said(replies.TARGET_HELD)   # the milter's reply, text and all
     t.rcpt("bob@fwd.example")   # the reply to that RCPT
     t.data                      # the final reply to the message, None if never sent
     t.accepted, t.queue_id      # True, "4Abc123" (Postfix's "queued as ...", or Sendmail's)
@@ -31,7 +32,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
-__all__ = ["Client", "Reply", "Transcript", "make_message", "send", "unique", "xtext"]
+from fwdmilter.replies import Reply as MilterReply
+
+__all__ = ["Client", "Reply", "Transcript", "make_message", "said", "send", "unique", "xtext"]
 
 _tokens = itertools.count(1)
 
@@ -66,6 +69,31 @@ class Reply:
     def startswith(self, prefix: str) -> bool:
         """``reply.startswith("550 5.7.23")``: code and text, as on the wire."""
         return str(self).startswith(prefix)
+
+    def said(self, expected: MilterReply, *, completed: bool = False) -> bool:
+        """True if this is the milter's reply ``expected`` (one of
+        :mod:`fwdmilter.replies`): code, enhanced status and text.
+
+        A code alone proves little: Postfix answers ``451 4.7.1`` itself when
+        the milter is down or times out (milter_default_action). With
+        ``completed``, the milter added to the text (an SPF explanation), so
+        only its start must match.
+        """
+        return said(str(self), expected, completed=completed)
+
+
+def said(reply: str, expected: MilterReply, *, completed: bool = False) -> bool:
+    """:meth:`Reply.said` for a reply as text (``"451 4.7.1 ..."``).
+
+    Sendmail puts the address before the text of some replies at MAIL and
+    RCPT (``550 5.1.1 <a@b>... No such recipient here``): that is allowed.
+    """
+    pattern = (
+        rf"{expected.code} {re.escape(expected.status)} (?:<[^>]*>\.\.\. )?"
+        + re.escape(expected.text)
+        + ("" if completed else r"\Z")
+    )
+    return re.match(pattern, reply) is not None
 
 
 # Postfix and the sink: "250 2.0.0 Ok: queued as ID"; Sendmail: "250 2.0.0 ID Message

@@ -19,7 +19,16 @@ import pytest
 from fwdmilter import policy, replies, runtime
 from fwdmilter.store.base import Forward, MessageRecord
 from tests.harness.dns import DnsServer
-from tests.milter.test_milter_ctx import MESSAGE, Ctx, Hooks, connect, feed, make_runtime, reply
+from tests.milter.test_milter_ctx import (
+    MESSAGE,
+    Ctx,
+    Hooks,
+    connect,
+    feed,
+    make_runtime,
+    reply,
+    said,
+)
 
 
 @pytest.fixture
@@ -53,10 +62,6 @@ def feed_raw(ctx: Ctx, sender: str, rcpt: str, raw: bytes) -> int:
     ctx._body = None
     rc: int = ctx._eom()
     return rc
-
-
-def said(ctx: Ctx, expected: replies.Reply) -> bool:
-    return reply(ctx)[:3] == (str(expected.code), expected.status, expected.milter_text())
 
 
 def test_empty_authentication_results_is_forwarded(rt: runtime.Runtime, hooks: Hooks) -> None:

@@ -21,7 +21,7 @@ import Milter
 import pytest
 from Milter.testctx import TestCtx as MilterTestCtx
 
-from fwdmilter import config, policy, runtime
+from fwdmilter import config, policy, replies, runtime
 from fwdmilter.milter import FwdMilter
 from fwdmilter.store.base import Forward, HeldEntry, MessageRecord
 from tests.harness.dns import DnsServer
@@ -179,6 +179,16 @@ def reply(ctx: Ctx) -> tuple[Any, ...]:
     return tuple(ctx._reply or ())
 
 
+def said(ctx: Ctx, expected: replies.Reply, *, completed: bool = False) -> bool:
+    """The milter set ``expected`` as its reply: code, enhanced status, text
+    (with ``completed``, the milter added to the text: only its start)."""
+    got = reply(ctx)
+    if got[:2] != (str(expected.code), expected.status) or len(got) < 3:
+        return False
+    text = str(got[2])
+    return text.startswith(expected.milter_text()) if completed else text == expected.milter_text()
+
+
 def test_negotiates_only_what_it_uses(rt: runtime.Runtime, hooks: Hooks) -> None:
     ctx = connect(rt, hooks)
     actions = ctx._opts[0]
@@ -224,34 +234,32 @@ def test_spf_pass_is_forwarded_with_an_srs_sender(rt: runtime.Runtime, hooks: Ho
 def test_spf_fail_is_refused_at_mail_from(rt: runtime.Runtime, hooks: Hooks) -> None:
     ctx = connect(rt, hooks)
     assert feed(ctx, "mallory@fail.example", "bob@fwd.example") == Milter.REJECT
-    code, status, text = reply(ctx)[:3]
-    assert (code, status) == ("550", "5.7.23")
-    assert "fail.example" in text
+    assert said(ctx, replies.SPF_FAIL, completed=True)
+    assert "fail.example" in reply(ctx)[2]
 
 
 def test_dns_timeout_answers_451(rt: runtime.Runtime, hooks: Hooks) -> None:
     ctx = connect(rt, hooks)
     started = time.monotonic()
     assert feed(ctx, "x@temperror.example", "bob@fwd.example") == Milter.TEMPFAIL
-    assert reply(ctx)[:2] == ("451", "4.7.24")
+    assert said(ctx, replies.SPF_TEMPERROR, completed=True)
     assert time.monotonic() - started < 5  # dns.timeout is 2 s, not pyspf's 20
 
 
 def test_unknown_and_moved_recipients(rt: runtime.Runtime, hooks: Hooks) -> None:
     ctx = connect(rt, hooks)
     assert feed(ctx, "alice@pass.example", "nobody@fwd.example") == Milter.REJECT
-    assert reply(ctx)[:2] == ("550", "5.1.1")
+    assert said(ctx, replies.UNKNOWN_RECIPIENT)
     ctx = connect(rt, hooks)
     assert feed(ctx, "alice@pass.example", "old@fwd.example") == Milter.REJECT
-    code, status, text = reply(ctx)[:3]
-    assert (code, status) == ("551", "5.1.6")
-    assert "<new@elsewhere.example>" in text
+    moved = replies.MOVED_RECIPIENT
+    assert said(ctx, moved.with_text(moved.text.format(moved_to="new@elsewhere.example")))
 
 
 def test_forged_srs_bounce_is_refused(rt: runtime.Runtime, hooks: Hooks) -> None:
     ctx = connect(rt, hooks, helo="inner.example")
     assert feed(ctx, "", "SRS0=AAAA=JM=pass.example=alice@fwd.example") == Milter.REJECT
-    assert reply(ctx)[:2] == ("550", "5.7.1")
+    assert said(ctx, replies.SRS_FORGED)
 
 
 def test_bounce_for_unbouncable_message_is_quarantined(rt: runtime.Runtime, hooks: Hooks) -> None:
@@ -287,7 +295,7 @@ def test_bounce_for_unbouncable_message_is_quarantined(rt: runtime.Runtime, hook
     # Now U mail for that target is deferred, B mail still flows.
     ctx = connect(rt, hooks)
     assert feed(ctx, "x@softfail.example", "bob@fwd.example") == Milter.TEMPFAIL
-    assert reply(ctx)[:2] == ("451", "4.7.1")
+    assert said(ctx, replies.TARGET_HELD)
     ctx = connect(rt, hooks)
     assert feed(ctx, "alice@pass.example", "bob@fwd.example") == Milter.CONTINUE
 
@@ -299,7 +307,7 @@ def test_loop_is_refused(rt: runtime.Runtime, hooks: Hooks) -> None:
         feed(ctx, "alice@pass.example", "bob@fwd.example", message=trace * 3 + MESSAGE)
         == Milter.REJECT
     )
-    assert reply(ctx)[:2] == ("554", "5.4.6")
+    assert said(ctx, replies.LOOP)
 
 
 def test_forged_authentication_results_are_removed(rt: runtime.Runtime, hooks: Hooks) -> None:
@@ -324,7 +332,7 @@ def test_store_outage_answers_451_not_an_accept(
     ctx = connect(rt, hooks)
     rc = feed(ctx, "alice@pass.example", "bob@fwd.example")
     assert rc == Milter.TEMPFAIL
-    assert reply(ctx)[:2] == ("451", "4.3.0")
+    assert said(ctx, replies.STORE_UNAVAILABLE)
 
 
 def test_connections_and_transactions_are_counted(rt: runtime.Runtime, hooks: Hooks) -> None:
@@ -344,7 +352,7 @@ def test_no_new_transaction_or_connection_while_stopping(rt: runtime.Runtime, ho
     ctx = connect(rt, hooks)
     hooks.stopping = True
     assert feed(ctx, "alice@pass.example", "bob@fwd.example") == Milter.TEMPFAIL
-    assert reply(ctx)[:2] == ("451", "4.3.2")
+    assert said(ctx, replies.SHUTTING_DOWN)
     assert hooks.running == 0
     fresh = Ctx()
     Milter.factory = lambda: FwdMilter(rt, hooks)
@@ -377,7 +385,7 @@ def test_store_lost_between_rcpt_and_end_of_message(
             assert ctx._sender is not None and ctx._sender.startswith("<SRS0=")
         else:
             assert rc == Milter.TEMPFAIL
-            assert reply(ctx)[:2] == ("451", "4.3.0")
+            assert said(ctx, replies.STORE_UNAVAILABLE)
             assert ctx._addrcpt == []
     finally:
         rt.store.close()

@@ -254,6 +254,14 @@ outside_sender = _weighted(
     (3, st.sampled_from(["<>", "<alice@pass.example>", "<x@softfail.example>"])),
     (1, st.builds(lambda p: f"<{p}.example>", hostile_text.filter(lambda t: "@" in t))),
     (1, st.builds(lambda lp: f"<{lp}@pass.example>", hostile_text)),
+    (
+        2,
+        st.builds(
+            lambda lp, d: f"<{lp}@{d}>",
+            st.one_of(hostile_text, st.from_regex(r"\A[a-z.-]{0,70}\Z")),
+            st.sampled_from(["macro.example", "explain.example"]),
+        ),
+    ),
     (1, st.builds(lambda d: f"<x@{d}.example>", hostile_text)),
 )
 

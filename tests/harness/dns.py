@@ -71,6 +71,10 @@ ZONES: tuple[DnsName, ...] = (
     DnsName("nxdomain.example", spf="none"),
     # An unknown mechanism is a syntax error (RFC 7208 section 4.6).
     *_zone("permerror.example", "v=spf1 frobnicate:127.0.0.1 ip4:127.0.0.0/8 -all", "permerror"),
+    # Macros put the sender's local part into DNS names (RFC 7208 section 7):
+    # what a hostile local part does to the lookups.
+    *_zone("macro.example", "v=spf1 exists:%{l}.l.macro.example ?all", "neutral"),
+    *_zone("explain.example", "v=spf1 -all exp=%{l}.exp.explain.example", "fail"),
     DnsName("temperror.example", spf="temperror", silent=True),
     DnsName("slow.example", spf="temperror", silent=True),
     # The forwarder's own domain and the hosts of the test topology.

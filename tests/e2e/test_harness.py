@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import subprocess
 import time
 
 import pytest
@@ -256,7 +258,37 @@ def test_deferred_mail_is_listed_and_flushed(mail: MailWorld, parking: PostfixIn
     parking.flush()
     mail.wait_for(later)
     parking.wait_queue(lambda q: all(e.queue_id != t.queue_id for e in q))
-    assert parking.parked() == []
+    assert t.queue_id not in parking.parked()
+
+
+def test_qmgr_parks_a_deferred_message_it_finds_locked(
+    mail: MailWorld, parking: PostfixInstance
+) -> None:
+    """What PostfixInstance.flush guards against, shown: qmgr reopens a
+    deferred queue file while another process holds a shared lock on it (as
+    the delivery agent that deferred it does for a moment), logs "skipped,
+    still being delivered" and parks the message in the incoming queue, where
+    it stays for a minute: longer than any wait of the tests."""
+    tok = unique()
+    later = f"later+{tok}@pass.example"
+    with mail.sink.refusing(later, "450 4.2.0 try again later"):
+        t = mail.send(parking, f"x+{tok}@pass.example", [later], source_ip="127.0.0.1")
+        parking.wait_queue(
+            lambda q: any(e.queue_id == t.queue_id and e.queue_name == "deferred" for e in q)
+        )
+    (path,) = (parking.queue_dir / "deferred").rglob(t.queue_id)
+    try:
+        with path.open("rb") as held:
+            fcntl.flock(held, fcntl.LOCK_SH)  # as a delivery agent holds it
+            subprocess.run(["postqueue", "-c", str(parking.config_dir), "-f"], check=True)
+            parking.wait_log(rf"{t.queue_id}: skipped, still being delivered")
+        assert t.queue_id in parking.parked()
+        time.sleep(3)  # the lock is long gone: the message stays parked all the same
+        (entry,) = [e for e in parking.queue() if e.queue_id == t.queue_id]
+        assert entry.queue_name == "incoming"
+        assert mail.sink.messages(later) == []
+    finally:
+        parking.postsuper("-d", t.queue_id)
 
 
 def test_flush_waits_for_the_delivery_agent_to_let_go(
@@ -279,7 +311,7 @@ def test_flush_waits_for_the_delivery_agent_to_let_go(
         held.close()
         parking.flush()
     mail.wait_for(later)
-    assert parking.parked() == []
+    assert t.queue_id not in parking.parked()
 
 
 # -- a milter on Postfix's own bounces -------------------------------------------

@@ -153,3 +153,20 @@ def test_bounce_with_out_of_range_utf8_escape_is_held(rt: runtime.Runtime, hooks
     (entry,) = rt.store.held(target="bob@inner.example")
     # Read as a DSN: its diagnostic is the reason.
     assert entry.state == "H" and "mailbox full" in entry.reason
+
+
+def test_rcpt_parameters_libmilter_cannot_pass_on_are_dropped(
+    rt: runtime.Runtime, hooks: Hooks
+) -> None:
+    # NOTIFY and ORCPT are carried over to the forwarded recipient; a value
+    # with NUL or undecodable octets made addrcpt fail: 451 on every retry.
+    ctx = connect(rt, hooks, ip="127.0.0.1")
+    ctx._msg = email.message.Message()
+    assert ctx._envfrom("<alice@pass.example>") == Milter.CONTINUE
+    params = ("NOTIFY=\0", "ORCPT=rfc822;b\udcffob@fwd.example", "NOTIFY=FAILURE")
+    assert ctx._priv.envrcpt("<bob@fwd.example>", *params) == Milter.CONTINUE
+    ctx._priv.header_bytes("Subject", b"hi")
+    ctx._priv.body(b"Hello.\n")
+    ctx._body = None
+    assert ctx._eom() == Milter.CONTINUE
+    assert ctx._addrcpt == [("<bob@inner.example>", "NOTIFY=FAILURE ORCPT=rfc822;bob@fwd.example")]

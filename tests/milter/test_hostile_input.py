@@ -8,7 +8,6 @@ the forwarder exists to avoid. The fuzz tests (tests/fuzz) search for more.
 from __future__ import annotations
 
 import email.message
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,6 @@ from fwdmilter.store.base import Forward, MessageRecord
 from tests.harness.dns import DnsServer
 from tests.milter.test_milter_ctx import (
     MESSAGE,
-    Ctx,
     Hooks,
     connect,
     feed,
@@ -45,23 +43,6 @@ def hooks() -> Hooks:
 
 
 BOUNCES = Path(__file__).parents[1] / "data" / "bounces"
-
-
-def feed_raw(ctx: Ctx, sender: str, rcpt: str, raw: bytes) -> int:
-    """One transaction with the message's bytes as they are: TestCtx's own
-    feed re-serialises the message through the email package, which turns
-    a message/delivery-status part into something that no longer parses."""
-    ctx._msg = email.message.Message()
-    assert ctx._envfrom(f"<{sender}>") == Milter.CONTINUE
-    assert ctx._envrcpt(f"<{rcpt}>") == Milter.CONTINUE
-    head, _, body = raw.partition(b"\n\n")
-    for line in re.split(rb"\n(?![ \t])", head):
-        name, _, value = line.partition(b":")
-        ctx._priv.header_bytes(name.decode("ascii"), value.lstrip())
-    ctx._priv.body(body)
-    ctx._body = None
-    rc: int = ctx._eom()
-    return rc
 
 
 def test_empty_authentication_results_is_forwarded(rt: runtime.Runtime, hooks: Hooks) -> None:
@@ -148,7 +129,7 @@ def test_bounce_with_out_of_range_utf8_escape_is_held(rt: runtime.Runtime, hooks
         b"Final-Recipient: utf-8; bob\\x{110000}@inner.example",
     )
     ctx = connect(rt, hooks, ip="127.0.0.1", helo="inner.example")
-    assert feed_raw(ctx, "", srs_addr, bounce) == Milter.CONTINUE
+    assert feed(ctx, "", srs_addr, message=bounce) == Milter.CONTINUE
     assert ctx.quarantined is not None and "sender not verified" in ctx.quarantined
     (entry,) = rt.store.held(target="bob@inner.example")
     # Read as a DSN: its diagnostic is the reason.

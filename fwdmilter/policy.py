@@ -426,8 +426,11 @@ class EomDecision:
 def _rcpt_params(decision: RcptDecision) -> tuple[str, ...]:
     """ESMTP parameters for the replacement recipient: NOTIFY carries over,
     and ORCPT keeps naming the address the sender used (RFC 3461 section 4.2)."""
-    kept = [p for p in decision.params if p.upper().startswith("NOTIFY=")]
-    orcpt = [p for p in decision.params if p.upper().startswith("ORCPT=")]
+    # A parameter libmilter could not pass on (octets that are not UTF-8, a
+    # control) is dropped rather than failing addrcpt on every retry.
+    usable = [p for p in decision.params if addr.problem(p) is None]
+    kept = [p for p in usable if p.upper().startswith("NOTIFY=")]
+    orcpt = [p for p in usable if p.upper().startswith("ORCPT=")]
     if orcpt:
         kept += orcpt
     elif decision.action == "forward":

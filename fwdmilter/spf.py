@@ -140,6 +140,12 @@ def pyspf_answers(
     failure, so that the check's result is temperror (RFC 7208 section 2.6.6).
     """
     out: list[Any] = []
+    if "\\" in name:
+        # dnspython reads a backslash as an escape ("\\." a dot inside a
+        # label), which would ask for another name than the mail's; no
+        # mail domain holds one (RFC 5321 section 4.1.2): malformed, no
+        # records (RFC 7208 section 4.3).
+        return out
     try:
         answers = resolver.resolve(name, qtype, lifetime=timeout, search=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):

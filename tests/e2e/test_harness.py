@@ -32,11 +32,11 @@ def plain(border_factory: BorderFactory) -> PostfixInstance:
 def parking(border_factory: BorderFactory) -> PostfixInstance:
     """A BORDER without any milter that retries deferred mail only when flushed.
 
-    With the harness's one-second backoff a deferred message goes back to
-    the active queue at the next queue run, possibly while the delivery agent
-    that deferred it still has its file locked; qmgr then parks it in the
-    incoming queue for 60 s (see PostfixInstance.flush). A test that looks
-    at a deferred message needs it to stay put.
+    With the harness's short backoff a deferred message moves between the
+    deferred and active queues every few seconds; a test that looks at it
+    several times needs it to stay put. (A retry too soon after the deferral
+    can even find the file still locked by the delivery agent: qmgr then
+    parks it for 60 s; see FAST_MAIN and PostfixInstance.flush.)
     """
     return border_factory(
         name="parking", main={"minimal_backoff_time": "1h", "maximal_backoff_time": "1h"}

@@ -33,7 +33,7 @@ from tests.harness.mail_fixtures import OUTSIDE, MailWorld, SendmailFactory
 from tests.harness.peers import MailSRS
 from tests.harness.postfix import RuntimeDir
 from tests.harness.sendmail import SendmailInstance
-from tests.harness.smtp import Client, Reply, make_message, unique
+from tests.harness.smtp import Client, Reply, make_message, raw_envelope, said, unique
 
 pytestmark = pytest.mark.e2e
 HELO = "helo.pass.example"
@@ -434,3 +434,19 @@ def test_null_sender_hold_keeps_the_message_byte_for_byte_for_requeue(
     assert got.data.endswith(b"Line one.\r\n.leading dot\r\n")
     assert t.queue_id not in sendmail.queue_files()
     assert held(fm, target) == []
+
+
+def test_addresses_that_are_not_utf8_are_refused_for_good(
+    fm: FwdMilter, sendmail: SendmailInstance
+) -> None:
+    """Sendmail passes an 8-bit sender to the milter (pymilter hands the
+    octets over as lone surrogates, which no store can take): 553 now, where
+    the store's encoding error made 451 on every retry (issue 14). An 8-bit
+    recipient Sendmail refuses itself (501 5.1.3, non-printable character)."""
+    rcpt, _target, tok = forwarding(fm)
+    latin1 = f"caf\xe9{tok}@pass.example".encode("latin-1")
+    answers = raw_envelope(sendmail.port, latin1, rcpt.encode())
+    assert len(answers) == 1 and said(answers[0], replies.BAD_ADDRESS), answers
+    bad_rcpt = f"f{tok}\xff@fwd.example".encode("latin-1")
+    answers = raw_envelope(sendmail.port, f"s{tok}@pass.example".encode(), bad_rcpt)
+    assert answers[-1].startswith("5"), answers

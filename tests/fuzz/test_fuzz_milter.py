@@ -266,6 +266,16 @@ outside_sender = _weighted(
 )
 
 
+# RCPT parameters (RFC 3461): NOTIFY and ORCPT are carried over to the
+# forwarded recipient, so their values reach libmilter's addrcpt.
+esmtp_param = _weighted(
+    (1, st.just("NOTIFY=FAILURE")),
+    (1, hostile_text),
+    (1, st.builds(lambda v: f"NOTIFY={v}", st.one_of(hostile_text, octets_text))),
+    (1, st.builds(lambda v: f"ORCPT=rfc822;{v}", st.one_of(hostile_text, octets_text))),
+)
+
+
 @st.composite
 def transactions(draw: st.DrawFn) -> dict[str, Any]:
     outside = draw(st.booleans())
@@ -283,7 +293,7 @@ def transactions(draw: st.DrawFn) -> dict[str, Any]:
         "sender": sender,
         "rcpts": draw(st.lists(rcpt, min_size=1, max_size=3)),
         **dict(zip(("headers", "body"), draw(message), strict=True)),
-        "params": draw(st.lists(st.one_of(hostile_text, st.just("NOTIFY=FAILURE")), max_size=2)),
+        "params": draw(st.lists(esmtp_param, max_size=2)),
     }
 
 

@@ -91,8 +91,15 @@ FAST_MAIN: dict[str, str] = {
     "smtp_address_preference": "ipv4",
     "smtpd_peername_lookup": "no",
     "queue_run_delay": "1s",
-    "minimal_backoff_time": "1s",
-    "maximal_backoff_time": "2s",
+    # qmgr takes a deferred file back at the first queue run where its time
+    # stamp (deferral + backoff, in whole seconds) is at most a second ahead
+    # (qmgr_active.c). With a 1 s backoff that can be milliseconds after the
+    # deferral, while the delivery agent still holds the file: qmgr then
+    # logs "skipped, still being delivered" and parks the message for 60 s.
+    # 3 s leaves the agent a second at least (measured: retries 1.1-2.2 s
+    # apart; with 1 s/2 s some came 0.07 s apart). See flush() too.
+    "minimal_backoff_time": "3s",
+    "maximal_backoff_time": "3s",
     "maximal_queue_lifetime": "1h",
     "bounce_queue_lifetime": "1h",
     "delay_warning_time": "0",

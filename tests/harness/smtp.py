@@ -27,6 +27,7 @@ import itertools
 import os
 import re
 import smtplib
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,17 @@ from email.utils import formatdate
 
 from fwdmilter.replies import Reply as MilterReply
 
-__all__ = ["Client", "Reply", "Transcript", "make_message", "said", "send", "unique", "xtext"]
+__all__ = [
+    "Client",
+    "Reply",
+    "Transcript",
+    "make_message",
+    "raw_envelope",
+    "said",
+    "send",
+    "unique",
+    "xtext",
+]
 
 _tokens = itertools.count(1)
 
@@ -286,3 +297,28 @@ def send(
         return client.transaction(
             mail_from, rcpts, message, mail_options=mail_options, rcpt_options=rcpt_options
         )
+
+
+def raw_envelope(
+    port: int, mail_from: bytes, rcpt: bytes, helo: str = "helo.pass.example"
+) -> list[str]:
+    """The replies to MAIL FROM and (if that was accepted) RCPT TO, for
+    addresses sent as raw octets: smtplib would encode them. The session
+    ends with QUIT; no message is sent."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s, s.makefile("rwb") as f:
+
+        def command(line: bytes) -> str:
+            f.write(line + b"\r\n")
+            f.flush()
+            while True:
+                got = f.readline().decode("utf-8", "replace").rstrip()
+                if got[3:4] != "-":
+                    return got
+
+        f.readline()  # the greeting
+        command(b"EHLO " + helo.encode())
+        answers = [command(b"MAIL FROM:<" + mail_from + b">")]
+        if answers[0].startswith("250"):
+            answers.append(command(b"RCPT TO:<" + rcpt + b">"))
+        command(b"QUIT")
+    return answers

@@ -8,7 +8,6 @@ the forwarder exists to avoid. The fuzz tests (tests/fuzz) search for more.
 from __future__ import annotations
 
 import email.message
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from fwdmilter.store.base import Forward
 from tests.harness.dns import DnsServer
 from tests.milter.test_milter_ctx import (
     MESSAGE,
-    Ctx,
     Hooks,
     connect,
     feed,
@@ -45,23 +43,6 @@ def hooks() -> Hooks:
 
 
 BOUNCES = Path(__file__).parents[1] / "data" / "bounces"
-
-
-def feed_raw(ctx: Ctx, sender: str, rcpt: str, raw: bytes) -> int:
-    """One transaction with the message's bytes as they are: TestCtx's own
-    feed re-serialises the message through the email package, which turns
-    a message/delivery-status part into something that no longer parses."""
-    ctx._msg = email.message.Message()
-    assert ctx._envfrom(f"<{sender}>") == Milter.CONTINUE
-    assert ctx._envrcpt(f"<{rcpt}>") == Milter.CONTINUE
-    head, _, body = raw.partition(b"\n\n")
-    for line in re.split(rb"\n(?![ \t])", head):
-        name, _, value = line.partition(b":")
-        ctx._priv.header_bytes(name.decode("ascii"), value.lstrip())
-    ctx._priv.body(body)
-    ctx._body = None
-    rc: int = ctx._eom()
-    return rc
 
 
 def test_empty_authentication_results_is_forwarded(rt: runtime.Runtime, hooks: Hooks) -> None:
@@ -116,6 +97,7 @@ def test_sender_domain_that_cannot_be_looked_up_is_not_deferred(
     # A macro (RFC 7208 section 7) makes a name of the local part.
     senders = [f"x@{d}" for d in ("a..b.example", "x" * 64 + ".example", "☃\u200d.example")]
     senders += ["a..b@macro.example", "y" * 64 + "@macro.example", "a..b@explain.example"]
+    senders += ["x@\\.example", "a\\.b@macro.example"]  # escapes: found by the fuzz
     for sender in senders:
         ctx = connect(rt, hooks)
         assert feed(ctx, sender, "bob@fwd.example") != Milter.TEMPFAIL, sender
@@ -130,8 +112,25 @@ def test_bounce_with_out_of_range_utf8_escape_is_held(rt: runtime.Runtime, hooks
         b"Final-Recipient: utf-8; bob\\x{110000}@inner.example",
     )
     ctx = connect(rt, hooks, ip="127.0.0.1", helo="inner.example")
-    assert feed_raw(ctx, "", srs_addr, bounce) == Milter.CONTINUE
+    assert feed(ctx, "", srs_addr, message=bounce) == Milter.CONTINUE
     assert ctx.quarantined is not None and "sender not verified" in ctx.quarantined
     (entry,) = rt.store.held(target="bob@inner.example")
     # Read as a DSN: its diagnostic is the reason.
     assert entry.state == "H" and "mailbox full" in entry.reason
+
+
+def test_rcpt_parameters_libmilter_cannot_pass_on_are_dropped(
+    rt: runtime.Runtime, hooks: Hooks
+) -> None:
+    # NOTIFY and ORCPT are carried over to the forwarded recipient; a value
+    # with NUL or undecodable octets made addrcpt fail: 451 on every retry.
+    ctx = connect(rt, hooks, ip="127.0.0.1")
+    ctx._msg = email.message.Message()
+    assert ctx._envfrom("<alice@pass.example>") == Milter.CONTINUE
+    params = ("NOTIFY=\0", "ORCPT=rfc822;b\udcffob@fwd.example", "NOTIFY=FAILURE")
+    assert ctx._priv.envrcpt("<bob@fwd.example>", *params) == Milter.CONTINUE
+    ctx._priv.header_bytes("Subject", b"hi")
+    ctx._priv.body(b"Hello.\n")
+    ctx._body = None
+    assert ctx._eom() == Milter.CONTINUE
+    assert ctx._addrcpt == [("<bob@inner.example>", "NOTIFY=FAILURE ORCPT=rfc822;bob@fwd.example")]

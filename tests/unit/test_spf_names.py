@@ -27,6 +27,8 @@ def nowhere() -> dns.resolver.Resolver:
         ("abcdefgh." * 30) + "example",  # a name over 255 octets
         "\udcff.example",  # octets that were not UTF-8
         "☃\u200d.example",  # IDNA refuses it
+        "\\.example",  # an escape: dnspython would ask for the label ".example"
+        "a\\065.pass.example",
     ],
 )
 def test_malformed_names_have_no_records(nowhere: dns.resolver.Resolver, name: str) -> None:

@@ -18,7 +18,6 @@ A doc moves the sandbox along with block attributes (tests/docs/markdown.py):
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
@@ -71,8 +70,7 @@ class World:
     notes: dict[str, Any] = field(default_factory=dict)
 
     def held(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = json.loads(self.fm.fwdctl("held", "list", "--json").stdout)
-        return out
+        return self.fm.held()
 
     def send(self, sender: str, rcpt: str, subject: str) -> Any:
         domain = sender.rpartition("@")[2] or "pass.example"

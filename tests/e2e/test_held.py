@@ -45,10 +45,7 @@ class World:
     sink: Sink
 
     def held(self, *args: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = json.loads(
-            self.fm.fwdctl("held", "list", "--json", *args).stdout
-        )
-        return out
+        return self.fm.held(*args)
 
     def send(self, sender: str, rcpt: str, subject: str, body: str = "Hello.\n") -> Any:
         return self.mail.send_from_outside(self.border, sender, [rcpt], subject, body=body)

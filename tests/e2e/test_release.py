@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from fwdmilter import replies
 from fwdmilter.config import StoreSettings
 from fwdmilter.store import open_store
 from fwdmilter.store.base import HeldEntry
@@ -30,7 +31,7 @@ from tests.harness.smtp import unique
 
 pytestmark = pytest.mark.e2e
 ADMIN = "postmaster@admin.example"
-DEFERRED = "451 4.7.1 Mail for this recipient is held while its forwarding target refuses mail"
+DEFERRED = str(replies.TARGET_HELD)
 
 
 @dataclass
@@ -41,10 +42,7 @@ class World:
     sink: Sink
 
     def held(self, *args: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = json.loads(
-            self.fm.fwdctl("held", "list", "--json", *args).stdout
-        )
-        return out
+        return self.fm.held(*args)
 
     def send(self, sender: str, rcpts: list[str], subject: str) -> Any:
         return self.mail.send_from_outside(self.border, sender, rcpts, subject)

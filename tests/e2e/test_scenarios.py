@@ -26,7 +26,6 @@ there: a 451 from the MTA itself (milter down or timed out) matches none.
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
 from collections.abc import Iterator
@@ -167,7 +166,7 @@ def _run(site: Site, case: dict[str, Any]) -> None:
         site.fm.wait_log(re.escape(tok) + r".*" + result["log"])
     if "held" in result:
         targets = {names["target"], names["other_target"]}
-        entries = json.loads(site.fm.fwdctl("held", "list", "--json").stdout)
+        entries = site.fm.held()
         mine = [e for e in entries if e["target"] in targets]
         assert len(mine) == result["held"], mine
         assert all(e["target"] == names["target"] for e in mine), mine

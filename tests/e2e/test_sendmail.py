@@ -14,7 +14,6 @@ so the module shares one Sendmail and one milter. Clients connect from
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -114,9 +113,7 @@ def rcpt_reply(sm: SendmailInstance, sender: str, rcpt: str) -> Reply:
 
 
 def held(fm: FwdMilter, target: str) -> list[dict[str, Any]]:
-    out = fm.fwdctl("held", "list", "--target", target, "--json").stdout
-    entries: list[dict[str, Any]] = json.loads(out)
-    return entries
+    return fm.held("--target", target)
 
 
 def hold_u_bounce(

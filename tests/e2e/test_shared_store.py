@@ -49,10 +49,7 @@ class Pair:
 
     def held(self, target: str | None = None) -> list[dict[str, Any]]:
         args = ["--target", target] if target else []
-        out: list[dict[str, Any]] = json.loads(
-            self.milters[0].fwdctl("held", "list", "--json", *args).stdout
-        )
-        return out
+        return self.milters[0].held(*args)
 
 
 @pytest.fixture(scope="module")

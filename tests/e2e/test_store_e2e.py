@@ -57,15 +57,12 @@ def test_a_site_moves_from_sqlite_to_redis_without_losing_a_record(
             deadline = time.monotonic() + 20
             # Held, and its alert sent (the alert thread waits a moment to
             # coalesce alerts of one target): nothing changes under the copy.
-            while not (
-                (listed := json.loads(fm.fwdctl("held", "list", "--json").stdout))
-                and all(e["alerted"] for e in listed)
-            ):
+            while not ((listed := fm.held()) and all(e["alerted"] for e in listed)):
                 assert time.monotonic() < deadline, mail.explain()
                 time.sleep(0.2)
         before = {
             "forwards": json.loads(fm.fwdctl("forward", "list", "--json").stdout),
-            "held": json.loads(fm.fwdctl("held", "list", "--json").stdout),
+            "held": fm.held(),
             "stats": json.loads(fm.fwdctl("stats", "--json").stdout),
         }
         out = fm.fwdctl("store", "migrate", "--to", redis.url).stdout
@@ -76,7 +73,7 @@ def test_a_site_moves_from_sqlite_to_redis_without_losing_a_record(
         fm.serve(border)
         after = {
             "forwards": json.loads(fm.fwdctl("forward", "list", "--json").stdout),
-            "held": json.loads(fm.fwdctl("held", "list", "--json").stdout),
+            "held": fm.held(),
             "stats": json.loads(fm.fwdctl("stats", "--json").stdout),
         }
         assert after["forwards"] == before["forwards"]
@@ -94,7 +91,7 @@ def test_a_site_moves_from_sqlite_to_redis_without_losing_a_record(
         fm.fwdctl("held", "requeue", "--target", held_target)
         mail.wait_for(held_target, match=lambda m: tok in str(m.email["Subject"]))
         deadline = time.monotonic() + 20
-        while json.loads(fm.fwdctl("held", "list", "--json").stdout):
+        while fm.held():
             assert time.monotonic() < deadline, fm.log()[-2000:]
             time.sleep(0.2)
     finally:

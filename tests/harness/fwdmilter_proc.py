@@ -187,6 +187,11 @@ class FwdMilter:
             )
         return done
 
+    def held(self, *args: str) -> list[dict[str, Any]]:
+        """``fwdctl held list --json ARGS``: the held entries, as admins script them."""
+        out: list[dict[str, Any]] = json.loads(self.fwdctl("held", "list", "--json", *args).stdout)
+        return out
+
     @property
     def worker_pid(self) -> int:
         """The worker the supervisor forked: the process with libmilter in it."""

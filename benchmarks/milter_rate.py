@@ -327,7 +327,7 @@ def _fill_store(url: str, count: int) -> None:
     try:
         now = time.time()
         store.import_items(
-            Forward(f"{i}{RCPT}", f"t{i}@{TARGET_DOMAIN}", created=now, updated=now)
+            Forward(f"{i}{RCPT}", (f"t{i}@{TARGET_DOMAIN}",), created=now, updated=now)
             for i in range(1, count + 1)
         )
     finally:

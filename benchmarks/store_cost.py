@@ -55,7 +55,7 @@ TTL = 21 * 86400.0
 
 def _fill(store: Store) -> None:
     store.import_items(
-        Forward(f"u{i}@fwd.example", f"t{i % 100}@dest.example", created=1.0, updated=1.0)
+        Forward(f"u{i}@fwd.example", (f"t{i % 100}@dest.example",), created=1.0, updated=1.0)
         for i in range(FORWARDS)
     )
     for i in range(0, 100, 10):

@@ -206,7 +206,7 @@ def cmd_forward(args: argparse.Namespace, cfg: config.Config) -> int:
             live = old if old is not None and not old.moved_to else None
             new = Forward(
                 rcpt=rcpt,
-                target=target,
+                targets=(target,),
                 contact=contact if args.contact is not None else (old.contact if old else ""),
                 null_sender=args.null_sender or (old.null_sender if old else "forward"),
                 created=old.created if old else now,
@@ -214,7 +214,7 @@ def cmd_forward(args: argparse.Namespace, cfg: config.Config) -> int:
             )
             if confirm and not (live is not None and live.target == target):
                 # The target mail keeps going to until the new one confirms.
-                kept = live.target if live is not None else ""
+                kept = live.targets if live is not None else ()
                 from fwdmilter import confirm as confirming  # noqa: PLC0415
 
                 pending = confirming.request_target(
@@ -224,14 +224,14 @@ def cmd_forward(args: argparse.Namespace, cfg: config.Config) -> int:
                     target,
                     requested_by="admin",
                     now=now,
-                    base=dataclasses.replace(new, target=kept),
+                    base=dataclasses.replace(new, targets=kept),
                 )
                 print(_forward_line(pending))
                 return EXIT_OK
             store.put_forward(new)
             if live is not None and live.pending:
                 store.delete_tokens("confirm", rcpt)
-            print(_forward_line(store.get_forward(rcpt) or Forward(rcpt, target)))
+            print(_forward_line(store.get_forward(rcpt) or Forward(rcpt, (target,))))
             return EXIT_OK
         if sub == "show":
             found = store.get_forward(rcpt)

@@ -118,7 +118,7 @@ def request_target(
     old = base if base is not None else store.get_forward(rcpt)
     expires = now + cfg.web.confirm_hours * 3600
     fresh = old is None or bool(old.moved_to)
-    fwd = Forward(rcpt, "", created=now, updated=now) if fresh or old is None else old
+    fwd = Forward(rcpt, (), created=now, updated=now) if fresh or old is None else old
     fwd = dataclasses.replace(fwd, pending=target, pending_expires=expires, updated=now)
     store.delete_tokens("confirm", rcpt)
     secret = new_secret()
@@ -171,7 +171,7 @@ def answer(store: Store, secret: str, accept: bool, now: float) -> tuple[Outcome
         return "stale", fwd
     if accept:
         fwd = dataclasses.replace(
-            fwd, target=token.name, pending="", pending_expires=0.0, updated=now
+            fwd, targets=(token.name,), pending="", pending_expires=0.0, updated=now
         )
     else:
         fwd = dataclasses.replace(fwd, pending="", pending_expires=0.0, updated=now)

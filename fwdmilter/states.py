@@ -44,6 +44,10 @@ __all__ = [
     "RecordState",
     "EntryState",
     "NullSenderPolicy",
+    "SenderRewrite",
+    "SENDER_REWRITES",
+    "SPF_RESULTS",
+    "SPF_ACTIONS",
     "RECORD_STATES",
     "ENTRY_STATES",
     "COUNTED_ENTRY_STATES",
@@ -63,22 +67,52 @@ ENTRY_STATES: Final[frozenset[str]] = frozenset({"H", "R", "N"})
 COUNTED_ENTRY_STATES: Final[frozenset[str]] = frozenset({"H", "R"})
 
 
+#: A recipient's choice of envelope sender for its forwarded mail: "srs"
+#: (always rewrite), "when-needed" (keep a verified sender whose SPF already
+#: permits this host), "none" (keep every verified sender: for targets that
+#: whitelisted this forwarder). U mail is always rewritten, whatever the
+#: choice: its bounces must come back here to be held. "" inherits the
+#: global srs.rewrite.
+SenderRewrite = Literal["", "srs", "when-needed", "none"]
+SENDER_REWRITES: Final[frozenset[str]] = frozenset({"", "srs", "when-needed", "none"})
+#: The SPF results a recipient may give its own action (RFC 7208 section
+#: 2.6; "pass" is always accepted).
+SPF_RESULTS: Final[tuple[str, ...]] = (
+    "fail",
+    "softfail",
+    "neutral",
+    "none",
+    "permerror",
+    "temperror",
+)
+SPF_ACTIONS: Final[frozenset[str]] = frozenset({"reject", "tempfail", "accept"})
+
+
 @dataclass(frozen=True, slots=True)
 class Forward:
     """One entry of the forwarding table.
 
-    An entry with ``moved_to`` set is a deleted recipient: mail for it is
-    refused with 551 and the new address (RFC 5321 section 3.4). Its
-    ``target`` is then empty.
+    ``targets`` are where mail for ``rcpt`` goes, in the order given (1-1 or
+    1-many alias expansion); each has its own message records and held
+    entries. An entry with ``moved_to`` set is a deleted recipient: mail for
+    it is refused with 551 and the new address (RFC 5321 section 3.4). Its
+    ``targets`` are then empty.
 
     ``pending`` is a new target that waits for its owner's confirmation
-    until ``pending_expires`` (Unix time): mail keeps going to ``target``
-    meanwhile, and an entry with no ``target`` but a pending one is answered
+    until ``pending_expires`` (Unix time): mail keeps going to ``targets``
+    meanwhile, and an entry with no target but a pending one is answered
     4xx (the recipient is about to confirm, the sender should retry).
+
+    The recipient's policy overrides the global settings where set:
+    ``spf_actions`` (SPF result, action) pairs, ``rewrite`` (a
+    :data:`SenderRewrite`, "" inherits), ``null_sender``. ``trusted`` lists
+    the forwarders whose mail for ``rcpt`` skips the sender's SPF verdict: a
+    network in CIDR notation, or a domain whose own SPF (or HELO) check must
+    pass for the connecting client.
     """
 
     rcpt: str
-    target: str
+    targets: tuple[str, ...] = ()
     contact: str = ""
     null_sender: NullSenderPolicy = "forward"
     moved_to: str = ""
@@ -86,11 +120,24 @@ class Forward:
     updated: float = 0.0
     pending: str = ""
     pending_expires: float = 0.0
+    spf_actions: tuple[tuple[str, str], ...] = ()
+    rewrite: SenderRewrite = ""
+    trusted: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, str):
+            # A bare string would read as a tuple of one-letter targets.
+            raise TypeError("Forward.targets is a tuple of addresses, not a string")
+
+    @property
+    def target(self) -> str:
+        """The first target, or "" (what one-target callers show)."""
+        return self.targets[0] if self.targets else ""
 
     @property
     def active(self) -> bool:
         """True if mail for ``rcpt`` is forwarded (not a moved recipient)."""
-        return bool(self.target) and not self.moved_to
+        return bool(self.targets) and not self.moved_to
 
     def pending_at(self, now: float) -> str:
         """The target awaiting confirmation at ``now``, or ""."""
@@ -98,13 +145,18 @@ class Forward:
             return self.pending
         return ""
 
+    def spf_action(self, result: str) -> str:
+        """This recipient's own action for an SPF result, or "" (the global one)."""
+        return dict(self.spf_actions).get(result, "")
+
 
 @dataclass(frozen=True, slots=True)
 class RcptInfo:
     """What the milter needs at RCPT for one recipient.
 
-    ``held`` is the number of H and R entries of the forward's target (0 when
-    there is no active forward).
+    ``held`` is the number of H and R entries of the forward's targets
+    together (0 when there is no active forward): while any target of the
+    address has one, U mail for the whole address is deferred.
     """
 
     forward: Forward | None

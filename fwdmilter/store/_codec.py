@@ -118,7 +118,7 @@ def split_addresses(text: str) -> tuple[str, ...]:
 
 
 def norm_forward(f: Forward) -> Forward:
-    return replace(f, rcpt=key(f.rcpt), target=key(f.target))
+    return replace(f, rcpt=key(f.rcpt), targets=tuple(dict.fromkeys(key(t) for t in f.targets)))
 
 
 def norm_record(r: MessageRecord) -> MessageRecord:
@@ -237,7 +237,7 @@ def forward_from(data: Mapping[str, object], where: str) -> Forward:
     r = _Reader(data, where)
     return Forward(
         rcpt=r.text("rcpt"),
-        target=r.text("target", ""),
+        targets=tuple(t for t in (r.text("target", ""),) if t),
         contact=r.text("contact", ""),
         null_sender=cast(
             NullSenderPolicy, r.choice("null_sender", NULL_SENDER_POLICIES, "forward")

@@ -118,7 +118,7 @@ def _fill_redis_md(server: RedisServer) -> None:
         store.put_forward(
             Forward(
                 "alice@fwd.example",
-                "alice@dest.example",
+                ("alice@dest.example",),
                 contact="alice@other.example",
                 created=1761313200.0,
                 updated=1761313200.0,

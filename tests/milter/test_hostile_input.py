@@ -32,7 +32,7 @@ from tests.milter.test_milter_ctx import (
 @pytest.fixture
 def rt(tmp_path: Path, dns: DnsServer) -> Iterator[runtime.Runtime]:
     r = make_runtime(tmp_path, dns, f'url = "sqlite://{tmp_path}/state.db"')
-    r.store.put_forward(Forward("bob@fwd.example", "bob@inner.example"))
+    r.store.put_forward(Forward("bob@fwd.example", ("bob@inner.example",)))
     yield r
     r.store.close()
 

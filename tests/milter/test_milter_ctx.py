@@ -163,9 +163,9 @@ timeout = 2.0
 def rt(tmp_path: Path, dns: DnsServer) -> Iterator[runtime.Runtime]:
     r = make_runtime(tmp_path, dns, f'url = "sqlite://{tmp_path}/state.db"')
     r.store.put_forward(
-        Forward("bob@fwd.example", "bob@inner.example", contact="bob@mobile.example")
+        Forward("bob@fwd.example", ("bob@inner.example",), contact="bob@mobile.example")
     )
-    r.store.put_forward(Forward("old@fwd.example", "", moved_to="new@elsewhere.example"))
+    r.store.put_forward(Forward("old@fwd.example", (), moved_to="new@elsewhere.example"))
     yield r
     r.store.close()
 
@@ -421,7 +421,7 @@ def test_store_lost_between_rcpt_and_end_of_message(
     redis = RedisServer(tmp_path / "redis")
     rt = make_runtime(tmp_path, dns, f'url = "{redis.url}"\ntimeout = 0.5\non_error = "{on_error}"')
     try:
-        rt.store.put_forward(Forward("bob@fwd.example", "bob@inner.example"))
+        rt.store.put_forward(Forward("bob@fwd.example", ("bob@inner.example",)))
         ctx = connect(rt, hooks)
         ctx._body = None
         ctx._msg = email.message_from_bytes(MESSAGE)

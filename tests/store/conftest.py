@@ -134,7 +134,7 @@ def store(make_store: Callable[..., Store]) -> Store:
 
 
 def fwd(rcpt: str = "alice@fwd.example", target: str = "alice@dest.example", **kw: Any) -> Forward:
-    return replace(Forward(rcpt, target, created=1000.0, updated=1000.0), **kw)
+    return replace(Forward(rcpt, (target,), created=1000.0, updated=1000.0), **kw)
 
 
 def rec(

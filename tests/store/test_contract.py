@@ -52,7 +52,7 @@ def test_delete_forward_keeping_a_moved_entry(store: Store) -> None:
     moved = store.get_forward("alice@fwd.example")
     assert moved == Forward(
         rcpt="alice@fwd.example",
-        target="",
+        targets=(),
         contact="alt@other.example",
         null_sender="forward",
         moved_to="alice@new.example",

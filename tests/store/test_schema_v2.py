@@ -31,9 +31,9 @@ def _case_variants(address: str, rng: random.Random) -> str:
 
 
 def test_a_forward_typed_in_capitals_meets_its_targets_entries(store: Store) -> None:
-    store.put_forward(Forward("carol@fwd.example", "Nobody@Broken.Example"))
+    store.put_forward(Forward("carol@fwd.example", ("Nobody@Broken.Example",)))
     assert store.get_forward("carol@fwd.example") == Forward(
-        "carol@fwd.example", "nobody@broken.example"
+        "carol@fwd.example", ("nobody@broken.example",)
     )
     assert store.hold(entry("nobody@broken.example", "mx1/Q1"))
     (info,) = store.rcpt_info(["Carol@FWD.example"])
@@ -45,7 +45,7 @@ def test_a_forward_typed_in_capitals_meets_its_targets_entries(store: Store) -> 
     assert store.held_counts("Nobody@Broken.Example") == (2, 0)
     assert [e.target for e in store.held("NoBoDy@broken.example")] == ["nobody@broken.example"] * 2
     assert store.rcpt_info(["carol@fwd.example"]) == [
-        RcptInfo(Forward("carol@fwd.example", "nobody@broken.example"), 2)
+        RcptInfo(Forward("carol@fwd.example", ("nobody@broken.example",)), 2)
     ]
     assert store.drop("NOBODY@BROKEN.EXAMPLE", "mx1/Q1")
     assert store.rcpt_info(["carol@fwd.example"])[0].held == 1
@@ -54,7 +54,7 @@ def test_a_forward_typed_in_capitals_meets_its_targets_entries(store: Store) -> 
 def test_deferral_count_and_entries_agree_whatever_the_case(store: Store) -> None:
     rng = random.Random(14)
     target = "nobody@broken.example"
-    store.put_forward(Forward("Carol@Fwd.Example", _case_variants(target, rng)))
+    store.put_forward(Forward("Carol@Fwd.Example", (_case_variants(target, rng),)))
     ids = [f"mx1/Q{i}" for i in range(12)]
     for step in range(80):
         t = _case_variants(target, rng)
@@ -211,7 +211,7 @@ def test_new_fields_survive_export_and_import(make_store: Callable[..., Store]) 
 def test_import_keys_mixed_case_items(make_store: Callable[..., Store]) -> None:
     dst = make_store()
     items: list[Forward | HeldEntry] = [
-        Forward("Carol@Fwd.Example", "Nobody@Broken.Example"),
+        Forward("Carol@Fwd.Example", ("Nobody@Broken.Example",)),
         entry("NOBODY@broken.example", "mx1/Q1"),
     ]
     dst.import_items(items)

@@ -33,7 +33,7 @@ def test_pending_target_round_trips_and_a_move_clears_it(store: Store) -> None:
 
 
 def test_a_forward_without_target_but_pending_is_not_active(store: Store) -> None:
-    f = Forward("p@fwd.example", "", pending="t@dest.example", pending_expires=NOW + 60)
+    f = Forward("p@fwd.example", (), pending="t@dest.example", pending_expires=NOW + 60)
     store.put_forward(f)
     got = store.get_forward("p@fwd.example")
     assert got is not None and not got.active and got.pending_at(NOW) == "t@dest.example"

@@ -25,7 +25,7 @@ def test_an_sqlite_file_of_schema_1_gains_pending_columns_and_web_tables(tmp_pat
     store = SQLiteStore(path)
     try:
         assert store.get_forward("a@fwd.example") == Forward(
-            "a@fwd.example", "a@dest.example", created=1.0, updated=2.0
+            "a@fwd.example", ("a@dest.example",), created=1.0, updated=2.0
         )
         assert store.count_hit("k", 60, 1000.0) == 1
     finally:
@@ -59,7 +59,7 @@ def test_a_redis_prefix_of_schema_1_is_moved_to_3_keeping_its_forwards(
     store = open_store(StoreSettings(url=redis_server.url, prefix=prefix))
     try:
         got = store.get_forward("a@fwd.example")
-        assert got == Forward("a@fwd.example", "a@dest.example", created=1.0, updated=2.0)
+        assert got == Forward("a@fwd.example", ("a@dest.example",), created=1.0, updated=2.0)
     finally:
         store.close()
     with redis_server.admin() as r:

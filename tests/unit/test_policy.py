@@ -39,7 +39,7 @@ def settings(**kw: object) -> policy.Settings:
 
 
 S = settings()
-BOB = Forward("bob@fwd.example", "bob@inner.example", contact="bob@mobile.example")
+BOB = Forward("bob@fwd.example", ("bob@inner.example",), contact="bob@mobile.example")
 
 
 def spf(result: str, domain: str = "example.org", identity: str = "mailfrom") -> SPFOutcome:
@@ -176,7 +176,7 @@ def test_expired_srs_recipient_is_refused() -> None:
 def test_unknown_and_moved_forwarding_recipients() -> None:
     unknown = policy.decide_rcpt_forwarding(S, "<x@fwd.example>", RcptInfo(None), mail(), [])
     assert unknown.reply is replies.UNKNOWN_RECIPIENT
-    moved = Forward("old@fwd.example", "", moved_to="new@elsewhere.example")
+    moved = Forward("old@fwd.example", (), moved_to="new@elsewhere.example")
     d = policy.decide_rcpt_forwarding(S, "<old@fwd.example>", RcptInfo(moved), mail(), [])
     assert d.reply is not None
     assert (d.reply.code, d.reply.status) == (551, "5.1.6")
@@ -752,23 +752,23 @@ def test_forwarding_decisions_name_the_recipient_as_given_and_its_entry() -> Non
             RcptDecision("<X@fwd.example>", "refuse", replies.UNKNOWN_RECIPIENT),
         ),
         (
-            RcptInfo(replace(BOB, target="", moved_to="new@else.example")),
+            RcptInfo(replace(BOB, targets=(), moved_to="new@else.example")),
             mail(),
             RcptDecision(
                 "<X@fwd.example>",
                 "refuse",
                 replies.MOVED_RECIPIENT.with_text("User not local; please try <new@else.example>"),
-                forward=replace(BOB, target="", moved_to="new@else.example"),
+                forward=replace(BOB, targets=(), moved_to="new@else.example"),
             ),
         ),
         (
-            RcptInfo(replace(BOB, target="")),
+            RcptInfo(replace(BOB, targets=())),
             mail(),
             RcptDecision(
                 "<X@fwd.example>",
                 "refuse",
                 replies.UNKNOWN_RECIPIENT,
-                forward=replace(BOB, target=""),
+                forward=replace(BOB, targets=()),
             ),
         ),
         (

@@ -8,7 +8,7 @@ from fwdmilter import policy, replies
 from fwdmilter.store.base import Forward, RcptInfo
 from tests.unit.test_policy import BOB, NOW, S, mail
 
-NEW = Forward("new@fwd.example", "", pending="new@inner.example", pending_expires=NOW + 60)
+NEW = Forward("new@fwd.example", (), pending="new@inner.example", pending_expires=NOW + 60)
 
 
 def decide(fwd: Forward, now: float | None = NOW) -> policy.RcptDecision:

@@ -80,7 +80,7 @@ def test_pages_forbid_scripts_framing_and_caching(store: SQLiteStore, clock: Clo
 
 
 def test_a_session_expires(store: SQLiteStore, clock: Clock) -> None:
-    store.put_forward(Forward("a@fwd.example", "a@inner.example"))
+    store.put_forward(Forward("a@fwd.example", ("a@inner.example",)))
     secret = session(store, "a@fwd.example", NOW + 600)
     with client(store, clock, "http://127.0.0.1") as c:
         c.cookies.set(SESSION_COOKIE, secret)
@@ -90,7 +90,7 @@ def test_a_session_expires(store: SQLiteStore, clock: Clock) -> None:
 
 
 def test_a_session_of_a_moved_address_is_no_session(store: SQLiteStore, clock: Clock) -> None:
-    store.put_forward(Forward("a@fwd.example", "", moved_to="a@new.example"))
+    store.put_forward(Forward("a@fwd.example", (), moved_to="a@new.example"))
     secret = session(store, "a@fwd.example", NOW + 600)
     with client(store, clock, "http://127.0.0.1") as c:
         c.cookies.set(SESSION_COOKIE, secret)
@@ -109,7 +109,7 @@ def test_api_input_is_checked(store: SQLiteStore, clock: Clock) -> None:
 
 def test_unknown_link_and_post_only_confirmation(store: SQLiteStore, clock: Clock) -> None:
     store.put_forward(
-        Forward("a@fwd.example", "", pending="a@inner.example", pending_expires=NOW + 60)
+        Forward("a@fwd.example", (), pending="a@inner.example", pending_expires=NOW + 60)
     )
     secret = new_secret()
     store.put_token(

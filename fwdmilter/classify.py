@@ -41,11 +41,12 @@ from typing import Final
 
 from flufl.bounce import all_failures
 
+from fwdmilter import addr
 from fwdmilter import dsn as dsn_module
 from fwdmilter.dsn import DSN
 from fwdmilter.errors import DSNError
 
-__all__ = ["Kind", "Classification", "classify", "trace_ids_in"]
+__all__ = ["Kind", "Classification", "classify", "failed_recipients", "trace_ids_in"]
 
 # flufl.bounce logs every detector it runs at INFO: one line per detector and
 # message would drown the milter's own decision lines.
@@ -75,6 +76,11 @@ class Classification:
     #: Header values of our trace header found in the message: in the
     #: returned headers of a DSN, or quoted in the body of anything else.
     trace_values: tuple[str, ...] = field(default=())
+    #: The recipients a DSN says failed: the Final-Recipient and
+    #: Original-Recipient addresses of its blocks whose Action is failed,
+    #: in the normal form of :func:`fwdmilter.addr.key`. Empty for anything
+    #: else (a legacy bounce's addresses are a detector's guess).
+    failed: tuple[str, ...] = field(default=())
 
 
 #: RFC 3834 section 5: "Auto-Submitted: no" is the only value that means a
@@ -149,6 +155,18 @@ def _legacy_failures(msg: email.message.Message) -> tuple[set[str], set[str]]:
     return text(temporary), text(permanent)
 
 
+def failed_recipients(parsed: DSN) -> tuple[str, ...]:
+    """The addresses of the DSN's failed recipient blocks (Final-Recipient,
+    then Original-Recipient), normal form, once each, in order."""
+    named = (
+        addr.key(a)
+        for r in parsed.failed()
+        for a in (r.final_recipient, r.original_recipient)
+        if a.strip()
+    )
+    return tuple(dict.fromkeys(a for a in named if a))
+
+
 def _dsn_reason(parsed: DSN) -> str:
     failed = parsed.failed() or parsed.recipients
     first = failed[0]
@@ -170,7 +188,7 @@ def classify(raw: bytes, *, null_sender: bool) -> Classification:
     # Most of what is not a report (auto-replies, old-format bounces) says so
     # in its top header: no need to parse the whole of it twice.
     head = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
-        raw[: _HEAD_BYTES]
+        raw[:_HEAD_BYTES]
     )
     ctype = head.get_content_type()
     try:
@@ -182,8 +200,11 @@ def classify(raw: bytes, *, null_sender: bool) -> Classification:
     else:
         values = parsed.header_values("Fwdmilter-Trace") or quoted
         kind = {"failure": Kind.FAILURE, "delay": Kind.DELAY, "success": Kind.SUCCESS}[parsed.kind]
-        reason = _dsn_reason(parsed) if kind is Kind.FAILURE else f"delivery status: {kind.value}"
-        return Classification(kind, reason, parsed, values)
+        if kind is Kind.FAILURE:
+            return Classification(
+                kind, _dsn_reason(parsed), parsed, values, failed_recipients(parsed)
+            )
+        return Classification(kind, f"delivery status: {kind.value}", parsed, values)
 
     msg = email.message_from_bytes(raw[: dsn_module.MAX_PARSE], policy=email.policy.compat32)
     if _report_type(msg) == "disposition-notification":

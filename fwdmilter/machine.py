@@ -25,9 +25,13 @@ The milter's transitions (mail reaching an SRS address)::
 
 "Relevant" records are those of the message the mail is about: the ones
 whose trace id the mail carries, else every record under the SRS address
-(each one a target that did get mail from that sender that day). A bounce
-never creates entries for targets that got nothing, and creates at most
-``max_entries`` of them.
+(each one a target that did get mail from that sender that day). A failure
+DSN narrows them to the targets it says failed (a message to several
+targets fails for some of them only), when any of them is named; when none
+is (a downstream forwarder rewrote the address, a bounce in a legacy
+format), every relevant target is held, as nothing tells them apart. A
+bounce never creates entries for targets that got nothing, and creates at
+most ``max_entries`` of them.
 """
 
 from __future__ import annotations
@@ -164,6 +168,13 @@ def _relevant(records: Sequence[MessageRecord], ids: frozenset[str]) -> list[Mes
     return list(records)
 
 
+def _failed_only(records: list[MessageRecord], failed: frozenset[str]) -> list[MessageRecord]:
+    """The records whose target the failure names, if it names any of them;
+    else all of them (nothing tells which target failed)."""
+    named = [r for r in records if key(r.target) in failed]
+    return named or records
+
+
 def decide_bounce(
     *,
     kind: Kind,
@@ -176,10 +187,15 @@ def decide_bounce(
     queue_id: str,
     now: float,
     max_entries: int,
+    failed: Iterable[str] = (),
 ) -> BounceDecision:
     """Mail of ``kind`` to the SRS address ``srs`` (normal form), whose
-    reversal is ``original_sender``, with the records kept under it."""
+    reversal is ``original_sender``, with the records kept under it.
+    ``failed`` are the recipients a failure DSN names as failed (normal
+    form: :attr:`fwdmilter.classify.Classification.failed`)."""
     relevant = _relevant(records, frozenset(trace_ids))
+    if kind is Kind.FAILURE:
+        relevant = _failed_only(relevant, frozenset(failed))
     ids = tuple(dict.fromkeys(r.msg_id for r in relevant))
     verified = bool(relevant) and all(r.state == "B" for r in relevant)
 

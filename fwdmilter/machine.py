@@ -15,7 +15,7 @@ The milter's transitions (mail reaching an SRS address)::
     record   mail to its SRS address          transition
     ------   -------------------------------  ---------------------------------
     B        anything                         delivered to the sender
-    U, none  failure (DSN failed, old bounce) held: entry H per target, record H
+    U, none  failure (DSN failed, old bounce) held: entry H per failed target, record H
     R        failure                          held again: entry R -> H, record H
     R        success (delivered, relayed)     released: entry removed, record done
     U, none  delay, success, auto-reply,      discarded: not a failure, and the

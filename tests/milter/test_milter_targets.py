@@ -9,11 +9,13 @@ mail still goes to every target.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import Milter
+import pytest
 
 from fwdmilter import policy, replies, runtime
 from fwdmilter.headers import trace_fields
@@ -57,11 +59,15 @@ def failure_for(target: str, srs_addr: str, msg_id: str) -> bytes:
 
 
 def test_every_target_replaces_the_recipient_and_has_its_record(
-    rt: runtime.Runtime, hooks: Hooks
+    rt: runtime.Runtime, hooks: Hooks, caplog: pytest.LogCaptureFixture
 ) -> None:
     two_targets(rt)
     ctx = connect(rt, hooks)
-    assert feed(ctx, "x@softfail.example", "carol@fwd.example") == Milter.CONTINUE
+    with caplog.at_level(logging.INFO, logger="fwdmilter.milter"):
+        assert feed(ctx, "x@softfail.example", "carol@fwd.example") == Milter.CONTINUE
+    # The decision's log line names every target.
+    (line,) = [r.getMessage() for r in caplog.records if "stage=eom" in r.getMessage()]
+    assert f"to=<{GOOD}>,<{BAD}>" in line and "action=forward" in line
     assert ctx._delrcpt == ["<carol@fwd.example>"]
     orcpt = "ORCPT=rfc822;carol@fwd.example"
     assert ctx._addrcpt == [(f"<{GOOD}>", orcpt), (f"<{BAD}>", orcpt)]
@@ -134,13 +140,15 @@ def test_a_failure_naming_no_target_holds_every_target(rt: runtime.Runtime, hook
 
 
 def test_null_sender_mail_kept_by_policy_is_one_n_entry_per_target(
-    rt: runtime.Runtime, hooks: Hooks
+    rt: runtime.Runtime, hooks: Hooks, caplog: pytest.LogCaptureFixture
 ) -> None:
     two_targets(rt, null_sender="hold")
     ctx = connect(rt, hooks, helo="mx.pass.example")
-    assert feed(ctx, "", "carol@fwd.example") == Milter.CONTINUE
+    with caplog.at_level(logging.INFO, logger="fwdmilter.milter"):
+        assert feed(ctx, "", "carol@fwd.example") == Milter.CONTINUE
     assert ctx.quarantined is not None
     entries = carols(rt)
+    assert f"action=hold-null-sender to=<{GOOD}>,<{BAD}>" in caplog.text
     entry_id = f"{rt.settings.instance}/QID42"
     assert sorted((e.target, e.state, e.entry_id) for e in entries) == [
         (BAD, "N", entry_id),

@@ -342,3 +342,33 @@ def test_two_targets_one_refusing_hold_and_requeue_that_target_alone(world: Worl
     for target in (good, bad):
         w.mail.wait_for(target, match=titled(f"again {tok}"))
     w.mail.assert_nothing_for(sender)
+
+
+def test_null_sender_kept_for_two_targets_is_requeued_target_by_target(world: World) -> None:
+    w = world
+    tok = unique()
+    rcpt = f"f{tok}@fwd.example"
+    one, two = f"n1{tok}@downstream.example", f"n2{tok}@downstream.example"
+    w.fm.put_forward(rcpt, [one, two], null_sender="hold")
+    t = w.send("", rcpt, f"kept {tok}")
+    assert t.accepted, t
+    (first,) = wait_held(w, one, state="N")
+    (second,) = wait_held(w, two, state="N")
+    assert first["queue_id"] == second["queue_id"]  # one held message, an entry each
+    w.mail.assert_nothing_for(one)
+    w.mail.assert_nothing_for(two)
+    # The first target's requeue forwards it there alone; the held message
+    # stays for the second.
+    done = w.fm.fwdctl("held", "requeue", "--target", one)
+    assert "its held message stays" in done.stdout, done.stdout
+    got = w.mail.wait_for(one, match=lambda m: f"kept {tok}" in str(m.email["Subject"]))
+    assert (got.mail_from, got.rcpt_addresses) == ("", [one])
+    assert first["queue_id"] in {q.queue_id for q in w.border.queue("hold")}
+    w.mail.assert_nothing_for(two)
+    done = w.fm.fwdctl("held", "requeue", "--target", two)
+    assert "with its held message" in done.stdout, done.stdout
+    got = w.mail.wait_for(two, match=lambda m: f"kept {tok}" in str(m.email["Subject"]))
+    assert got.rcpt_addresses == [two]
+    assert first["queue_id"] not in {q.queue_id for q in w.border.queue("hold")}
+    assert w.held("--target", one) == w.held("--target", two) == []
+    assert len(w.sink.messages(one, match=lambda m: f"kept {tok}" in str(m.email["Subject"]))) == 1

@@ -313,7 +313,8 @@ def hold_null_sender(
     now: float,
 ) -> tuple[Effect, ...]:
     """N entries for null-sender mail to recipients whose policy is "hold":
-    ``holds`` is (rcpt, target, contact) per recipient, in normal form.
+    ``holds`` is (rcpt, target, contact) per target of each such recipient
+    (each target once: the entry id names the held message), in normal form.
     Listed and expired like held bounces, they do not defer U mail: they do
     not mean the target is failing."""
     return tuple(

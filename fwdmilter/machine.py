@@ -188,11 +188,13 @@ def decide_bounce(
     now: float,
     max_entries: int,
     failed: Iterable[str] = (),
+    reasons: Iterable[tuple[str, str]] = (),
 ) -> BounceDecision:
     """Mail of ``kind`` to the SRS address ``srs`` (normal form), whose
     reversal is ``original_sender``, with the records kept under it.
     ``failed`` are the recipients a failure DSN names as failed (normal
-    form: :attr:`fwdmilter.classify.Classification.failed`)."""
+    form: :attr:`fwdmilter.classify.Classification.failed`), ``reasons``
+    each one's own reason, for its target's entry (``reason`` otherwise)."""
     relevant = _relevant(records, frozenset(trace_ids))
     if kind is Kind.FAILURE:
         relevant = _failed_only(relevant, frozenset(failed))
@@ -203,7 +205,17 @@ def decide_bounce(
         if verified:
             return BounceDecision("deliver", kind, reason, msg_ids=ids)
         return _hold_failure(
-            kind, reason, srs, original_sender, relevant, instance, queue_id, now, max_entries, ids
+            kind,
+            reason,
+            dict(reasons),
+            srs,
+            original_sender,
+            relevant,
+            instance,
+            queue_id,
+            now,
+            max_entries,
+            ids,
         )
 
     effects: list[Effect] = []
@@ -225,6 +237,7 @@ def decide_bounce(
 def _hold_failure(
     kind: Kind,
     reason: str,
+    reasons: dict[str, str],
     srs: str,
     original_sender: str,
     relevant: Sequence[MessageRecord],
@@ -238,7 +251,7 @@ def _hold_failure(
     effects: list[Effect] = []
     for rec in relevant:
         if rec.state == "R" and rec.held_id:
-            effects.append(Rehold(rec.target, rec.held_id, reason))
+            effects.append(Rehold(rec.target, rec.held_id, reasons.get(key(rec.target), reason)))
             effects.append(SetRecordState(rec.srs, rec.record_id, "H"))
     fresh = [rec for rec in relevant if not (rec.state == "R" and rec.held_id)]
     # One entry per target, newest record first: the message most likely
@@ -250,8 +263,9 @@ def _hold_failure(
     capped = max(0, len(targets) - max_entries)
     kept = targets[:max_entries]
     for target, rec in kept:
+        why = reasons.get(key(target), reason)
         effects.append(
-            Hold(_entry(target, entry_id, original_sender, rec, queue_id, instance, reason, now))
+            Hold(_entry(target, entry_id, original_sender, rec, queue_id, instance, why, now))
         )
         effects.append(SetRecordState(rec.srs, rec.record_id, "H"))
     if not relevant:
@@ -382,9 +396,12 @@ class QueueView:
     held: frozenset[str] = frozenset()
     #: Queue ids of every message in any queue (held ones included).
     queued: frozenset[str] = frozenset()
-    #: Recipients (normal form) of the null-sender messages in any queue:
-    #: bounces waiting to reach the milter (Sendmail queues its own bounces
-    #: before they pass it).
+    #: Recipients (normal form) of the null-sender messages in any queue but
+    #: the hold queue: bounces waiting to reach the milter (Sendmail queues
+    #: its own bounces before they pass it). A held bounce has passed it
+    #: already, and may be the one another target's entry still keeps (one
+    #: bounce for two targets, or two messages from one sender on one day):
+    #: it must not keep a requeued target from being released.
     bounces_to: frozenset[str] = frozenset()
 
     @classmethod
@@ -397,7 +414,7 @@ class QueueView:
             queued.add(queue_id)
             if queue == "hold":
                 held.add(queue_id)
-            if _null_sender(sender):
+            if _null_sender(sender) and queue != "hold":
                 bounces.update(key(r) for r in recipients)
         return cls(frozenset(held), frozenset(queued), frozenset(bounces))
 

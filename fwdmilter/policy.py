@@ -582,6 +582,7 @@ def _decide_reversal(
         now=tx.now,
         max_entries=s.max_entries_per_bounce,
         failed=bounce.failed,
+        reasons=bounce.failed_reasons,
     )
     # "reverse" in the log, as before the kinds: admins grep for it.
     action = "reverse" if decision.action == "deliver" else decision.action

@@ -291,3 +291,20 @@ def test_a_failed_block_without_addresses_names_nothing() -> None:
     raw = failed_dsn(b"Action: failed\nStatus: 5.1.1\n")
     c = classify(raw, null_sender=True)
     assert (c.kind, c.failed) == (Kind.FAILURE, ())
+
+
+def test_each_failed_recipient_has_its_own_reason() -> None:
+    raw = failed_dsn(
+        b"Final-Recipient: rfc822; one@inner.example\nOriginal-Recipient: rfc822;bob@fwd.example\n"
+        b"Action: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 unknown\n\n"
+        b"Final-Recipient: rfc822; two@inner.example\nOriginal-Recipient: rfc822;bob@fwd.example\n"
+        b"Action: failed\nStatus: 5.2.2\nDiagnostic-Code: smtp; 552 mailbox full\n"
+    )
+    c = classify(raw, null_sender=True)
+    assert c.reason == "550 5.1.1 unknown"  # the first, for the log line
+    assert c.failed == ("one@inner.example", "bob@fwd.example", "two@inner.example")
+    assert dict(c.failed_reasons) == {
+        "one@inner.example": "550 5.1.1 unknown",
+        "bob@fwd.example": "550 5.1.1 unknown",  # the first block naming it
+        "two@inner.example": "5.2.2 552 mailbox full",
+    }

@@ -41,6 +41,7 @@ def decide(
     ids: tuple[str, ...] = (),
     cap: int = 10,
     failed: tuple[str, ...] = (),
+    reasons: tuple[tuple[str, str], ...] = (),
 ) -> machine.BounceDecision:
     return machine.decide_bounce(
         kind=kind,
@@ -54,6 +55,7 @@ def decide(
         now=NOW,
         max_entries=cap,
         failed=failed,
+        reasons=reasons,
     )
 
 
@@ -399,3 +401,22 @@ def test_a_success_releases_only_the_requeued_target_it_is_about() -> None:
     d = decide(Kind.SUCCESS, records, ("r2",))
     released = [(e.target, e.entry_id) for e in d.effects if isinstance(e, Release)]
     assert (d.action, released) == ("discard", [(BAD, "mx1/QB0")])
+
+
+def test_each_held_target_keeps_its_own_reason() -> None:
+    reasons = ((GOOD, "550 5.1.1 unknown"), (BAD, "552 5.2.2 full"))
+    d = decide(Kind.FAILURE, two_targets(), ("m1",), failed=(GOOD, BAD), reasons=reasons)
+    got = {e.entry.target: e.entry.reason for e in d.effects if isinstance(e, Hold)}
+    assert got == dict(reasons)
+    # A target the DSN gives no reason for (none named: every target held)
+    # gets the bounce's own.
+    d = decide(Kind.FAILURE, two_targets(), ("m1",), reasons=((BAD, "552 5.2.2 full"),))
+    got = {e.entry.target: e.entry.reason for e in d.effects if isinstance(e, Hold)}
+    assert got == {GOOD: "550 5.2.2 mailbox full", BAD: "552 5.2.2 full"}
+
+
+def test_a_requeued_target_held_again_keeps_its_own_reason() -> None:
+    records = [rec(BAD, "R", "r2", 0, held_id="mx1/QB0")]
+    d = decide(Kind.FAILURE, records, failed=(BAD,), reasons=((BAD, "552 5.2.2 full"),))
+    (rehold,) = [e for e in d.effects if isinstance(e, Rehold)]
+    assert rehold.reason == "552 5.2.2 full"

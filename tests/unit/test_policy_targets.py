@@ -161,3 +161,16 @@ def test_a_dsn_whose_recipient_a_downstream_rewrote_holds_every_target() -> None
     d = policy.decide_eom(S, t)
     assert d.quarantine
     assert sorted(e.target for e in d.holds) == ["alice@inner.example", "broken@inner.example"]
+
+
+def test_a_dsn_for_both_targets_holds_each_with_its_own_reason() -> None:
+    t, _ = two_target_bounce(
+        b"Final-Recipient: rfc822; alice@inner.example\n"
+        b"Original-Recipient: rfc822;bob@fwd.example\nAction: failed\nStatus: 5.2.2\n"
+        b"Diagnostic-Code: smtp; 552 5.2.2 over quota\n\n"
+        b"Final-Recipient: rfc822; broken@inner.example"
+    )
+    d = policy.decide_eom(S, t)
+    reasons = {e.target: e.reason for e in d.holds}
+    assert reasons["alice@inner.example"] == "552 5.2.2 over quota"
+    assert reasons["broken@inner.example"].startswith("550 5.1.1 <broken@inner.example>")

@@ -443,8 +443,17 @@ EXPORT_HEADER: Final = (
 
 def _forward_export(args: argparse.Namespace, cfg: config.Config, store: Store) -> int:
     active = sorted((f for f in store.list_forwards() if f.active), key=lambda f: f.rcpt)
-    sys.stdout.write(virtual.format_entries(((f.rcpt, f.targets) for f in active), EXPORT_HEADER))
-    return EXIT_OK
+    written: list[Forward] = []
+    for f in active:
+        why = virtual.unwritable(f.rcpt, key=True) or next(
+            (f"target {t}: {w}" for t in f.targets if (w := virtual.unwritable(t))), ""
+        )
+        if why:
+            print(f"fwdctl: {f.rcpt}: not exported: {why}", file=sys.stderr)
+        else:
+            written.append(f)
+    sys.stdout.write(virtual.format_entries(((f.rcpt, f.targets) for f in written), EXPORT_HEADER))
+    return EXIT_OK if len(written) == len(active) else EXIT_REFUSED
 
 
 def _import_plan(

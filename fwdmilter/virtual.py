@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["Entry", "VirtualError", "parse", "format_entries"]
+__all__ = ["Entry", "VirtualError", "parse", "format_entries", "unwritable"]
 
 _SEPARATORS: Final = re.compile(r"[,\s]+")
 _KEY: Final = re.compile(r"(\S+)\s*(.*)", re.DOTALL)
@@ -99,9 +99,23 @@ def parse(text: str) -> tuple[list[Entry], list[VirtualError]]:
     return entries, errors
 
 
+def unwritable(address: str, key: bool = False) -> str:
+    """Why ``address`` cannot be written in a virtual map, or "".
+
+    A comma or white space would split it; a key starting with ``#`` would
+    make its line a comment.
+    """
+    if not address or any(c == "," or c.isspace() for c in address):
+        return "a comma or white space in it would split it"
+    if key and address.startswith("#"):
+        return "a line starting with # is a comment"
+    return ""
+
+
 def format_entries(entries: Iterable[tuple[str, Iterable[str]]], header: str = "") -> str:
     """``KEY TARGET, TARGET`` lines in the order given, after ``header``
-    (each of its lines made a comment)."""
+    (each of its lines made a comment). The caller leaves out what
+    :func:`unwritable` refuses."""
     out = [f"# {line}".rstrip() for line in header.splitlines()]
     for key, targets in entries:
         out.append(f"{key}\t{', '.join(targets)}")

@@ -118,5 +118,5 @@ def format_entries(entries: Iterable[tuple[str, Iterable[str]]], header: str = "
     :func:`unwritable` refuses."""
     out = [f"# {line}".rstrip() for line in header.splitlines()]
     for key, targets in entries:
-        out.append(f"{key}\t{', '.join(targets)}")
+        out.append(f"{key} {', '.join(targets)}")
     return "".join(line + "\n" for line in out)

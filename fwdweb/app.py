@@ -523,7 +523,7 @@ def build_routes(web: Web) -> list[Route | Mount]:  # noqa: PLR0915 (closures ov
         return JSONResponse(
             {
                 "status": "If this address is forwarded here, a sign-in link was mailed to"
-                " its current target."
+                " its current targets."
             },
             status_code=202,
             background=task,

@@ -112,7 +112,7 @@ def document(cfg: Config, version: str) -> dict[str, Any]:
             },
             "/sign-in": {
                 "post": {
-                    "summary": "Mail a sign-in link to the forward's current target",
+                    "summary": "Mail a sign-in link to the forward's current targets",
                     "requestBody": {
                         "required": True,
                         "content": {

@@ -207,5 +207,5 @@ def capabilities(cfg: Config) -> dict[str, Any]:
         "targets_confirmed": True,
         "max_targets": cfg.forwarding.max_targets,
         "confirm_hours": cfg.web.confirm_hours,
-        "sign_in": "a link mailed to the forward's current target",
+        "sign_in": "a link mailed to the forward's current targets",
     }

@@ -170,7 +170,7 @@ def classify(raw: bytes, *, null_sender: bool) -> Classification:
     # Most of what is not a report (auto-replies, old-format bounces) says so
     # in its top header: no need to parse the whole of it twice.
     head = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
-        raw[:_HEAD_BYTES]
+        raw[: _HEAD_BYTES]
     )
     ctype = head.get_content_type()
     try:

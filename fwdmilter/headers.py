@@ -36,7 +36,6 @@ __all__ = [
 TRACE_HEADER: Final = "Fwdmilter-Trace"
 AUTH_RESULTS_HEADER: Final = "Authentication-Results"
 
-
 def clean(value: str) -> str:
     """``value`` with every character a store or a log can encode.
 

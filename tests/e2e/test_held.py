@@ -302,7 +302,7 @@ def test_two_targets_one_refusing_hold_and_requeue_that_target_alone(world: Worl
     tok = unique()
     rcpt, contact = f"f{tok}@fwd.example", f"c{tok}@mobile.example"
     good, bad = f"g{tok}@downstream.example", f"b{tok}@downstream.example"
-    w.fm.put_forward(rcpt, [good, bad], contact=contact)
+    w.fm.fwdctl("forward", "set", rcpt, good, bad, "--contact", contact)
     sender = f"s{tok}@softfail.example"
 
     def titled(text: str) -> Any:
@@ -349,7 +349,7 @@ def test_null_sender_kept_for_two_targets_is_requeued_target_by_target(world: Wo
     tok = unique()
     rcpt = f"f{tok}@fwd.example"
     one, two = f"n1{tok}@downstream.example", f"n2{tok}@downstream.example"
-    w.fm.put_forward(rcpt, [one, two], null_sender="hold")
+    w.fm.fwdctl("forward", "set", rcpt, one, two, "--null-sender", "hold")
     t = w.send("", rcpt, f"kept {tok}")
     assert t.accepted, t
     (first,) = wait_held(w, one, state="N")

@@ -370,7 +370,7 @@ def test_two_targets_failing_in_one_bounce_are_requeued_and_released_one_by_one(
     tok = unique()
     rcpt = f"f{tok}@fwd.example"
     one, two = f"a{tok}@target.example", f"b{tok}@target.example"
-    w.fm.put_forward(rcpt, [one, two])
+    w.fm.fwdctl("forward", "set", rcpt, one, two)
     with w.sink.refusing(one, "550 5.1.1 unknown"), w.sink.refusing(two, "552 5.2.2 full"):
         assert w.send(f"s{tok}@softfail.example", [rcpt], f"both {tok}").accepted
         first, second = wait_state(w, one, "H"), wait_state(w, two, "H")

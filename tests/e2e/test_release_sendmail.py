@@ -102,7 +102,7 @@ def test_two_targets_one_refusing_only_it_is_held_requeued_and_released(
     tok = unique()
     rcpt = f"f{tok}@fwd.example"
     good, bad = f"g{tok}@target.example", f"b{tok}@target.example"
-    fm.put_forward(rcpt, [good, bad])
+    fm.fwdctl("forward", "set", rcpt, good, bad)
     with mail.sink.refusing(bad, "550 5.1.1 unknown"):
         t = send(mail, sendmail, f"s{tok}@softfail.example", rcpt, tok)
         assert t.accepted, t

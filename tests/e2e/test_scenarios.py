@@ -16,8 +16,8 @@ afterwards. Placeholders in the files:
                     (set by the first step that has ``delivered``)
 
 ``[forward]`` may give ``target``: the case's target as the admin types it;
-or ``targets``, a list: several targets for ``{rcpt}`` (written through the
-store API, as ``fwdctl forward set`` does).
+or ``targets``, a list: several targets for ``{rcpt}`` (``fwdctl forward set
+RCPT TARGET TARGET``).
 
 A step may say ``delivered`` (an address, or a list: each gets this step's
 message), ``bounced = true`` (the step's sender gets a bounce from the null
@@ -178,14 +178,12 @@ def _run(site: Site, case: dict[str, Any]) -> None:
         "failing_target": f"nobody+{tok}@inner.example",
     }
     forward = case.get("forward", {})
-    if "targets" in forward:
-        typed_targets = [_fill(t, names) for t in forward["targets"]]
-        site.fm.put_forward(names["rcpt"], typed_targets)
-    else:
-        # A case may type the target otherwise (case, say): the store keeps
-        # one normal form, which is what the sink and the entries show.
-        typed_targets = [_fill(forward.get("target", names["target"]), names)]
-        site.fm.fwdctl("forward", "set", names["rcpt"], typed_targets[0])
+    # A case may type the target otherwise (case, say): the store keeps one
+    # normal form, which is what the sink and the entries show.
+    typed_targets = [
+        _fill(t, names) for t in forward.get("targets", [forward.get("target", names["target"])])
+    ]
+    site.fm.fwdctl("forward", "set", names["rcpt"], *typed_targets)
     site.fm.fwdctl("forward", "set", names["other_rcpt"], names["other_target"])
     targets = {names["target"], names["other_target"], *(t.lower() for t in typed_targets)}
     for n, step in enumerate(case["step"], 1):

@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -186,23 +186,6 @@ class FwdMilter:
                 f"fwdctl {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
             )
         return done
-
-    def put_forward(self, rcpt: str, targets: Sequence[str], **fields: Any) -> None:
-        """Write a forwarding entry into the daemon's store through the store
-        API, as ``fwdctl forward set`` does: for a shape that one command line
-        of this fwdctl cannot give (several targets). The store is the real
-        one the daemon uses (its SQLite file or Redis server)."""
-        from fwdmilter import config  # noqa: PLC0415 - only tests that need it
-        from fwdmilter.states import Forward  # noqa: PLC0415
-        from fwdmilter.store import open_store  # noqa: PLC0415
-
-        cfg = config.load(self.config_path)  # written by serve()
-        store = open_store(cfg.store, instance=cfg.milter.instance)
-        try:
-            now = time.time()
-            store.put_forward(Forward(rcpt, tuple(targets), created=now, updated=now, **fields))
-        finally:
-            store.close()
 
     def held(self, *args: str) -> list[dict[str, Any]]:
         """``fwdctl held list --json ARGS``: the held entries, as admins script them."""

@@ -10,6 +10,7 @@ import pytest
 
 from fwdmilter import classify, machine, policy, replies
 from fwdmilter.policy import RcptDecision, SPFOutcome
+from fwdmilter.replies import Reply
 from fwdmilter.states import Forward, MessageRecord, RcptInfo
 from srs import ALIAS_HOST, SRS, alias_key
 
@@ -53,6 +54,11 @@ def mail(
     return policy.decide_mail(S, sender, "client.example.org", outcome, now=NOW, **kw)  # type: ignore[arg-type]
 
 
+def verdict(m: policy.MailDecision, s: policy.Settings = S) -> Reply | None:
+    """The reply RCPT TO gives a recipient without a policy of its own."""
+    return policy.rcpt_spf(s, m, None)[0]
+
+
 # -- MAIL FROM -----------------------------------------------------------------
 
 
@@ -64,15 +70,17 @@ def test_spf_refusals_carry_rfc7372_codes_and_the_explanation(
     result: str, code: int, status: str
 ) -> None:
     d = mail(result=result)
-    assert d.reply is not None
-    assert (d.reply.code, d.reply.status) == (code, status)
-    assert f"example.org: {result} explanation" in d.reply.text
+    assert d.reply is None  # MAIL FROM goes on: RCPT TO gives the verdict
+    refusal = verdict(d)
+    assert refusal is not None
+    assert (refusal.code, refusal.status) == (code, status)
+    assert f"example.org: {result} explanation" in refusal.text
 
 
 @pytest.mark.parametrize("result", ["softfail", "neutral", "none", "permerror"])
 def test_accepted_spf_results_make_unbouncable_mail(result: str) -> None:
     d = mail(result=result)
-    assert d.reply is None
+    assert d.reply is None and verdict(d) is None
     assert d.state == "U"
     assert d.auth_results == f"mx.fwd.example; spf={result} smtp.mailfrom=alice@example.org"
 
@@ -81,12 +89,14 @@ def test_configured_actions_are_obeyed() -> None:
     strict = settings(
         spf_actions=ACTIONS | {"softfail": "reject", "none": "tempfail", "temperror": "accept"}
     )
-    soft = policy.decide_mail(strict, "a@example.org", "h", spf("softfail"), now=NOW)
-    assert soft.reply is not None and (soft.reply.code, soft.reply.status) == (550, "5.7.23")
-    none = policy.decide_mail(strict, "a@example.org", "h", spf("none"), now=NOW)
-    assert none.reply is not None and (none.reply.code, none.reply.status) == (451, "4.7.24")
+    soft = verdict(
+        policy.decide_mail(strict, "a@example.org", "h", spf("softfail"), now=NOW), strict
+    )
+    assert soft is not None and (soft.code, soft.status) == (550, "5.7.23")
+    none = verdict(policy.decide_mail(strict, "a@example.org", "h", spf("none"), now=NOW), strict)
+    assert none is not None and (none.code, none.status) == (451, "4.7.24")
     temp = policy.decide_mail(strict, "a@example.org", "h", spf("temperror"), now=NOW)
-    assert temp.reply is None and temp.state == "U"
+    assert temp.reply is None and verdict(temp, strict) is None and temp.state == "U"
 
 
 def test_pass_makes_bouncable_mail_with_its_srs_sender() -> None:
@@ -618,35 +628,39 @@ def test_a_forged_short_form_is_refused_at_rcpt() -> None:
 # -- MAIL FROM: the whole decision ---------------------------------------------------
 
 
-def test_an_spf_refusal_is_the_whole_decision_with_the_domains_explanation() -> None:
+def test_an_spf_refusal_is_given_at_rcpt_with_the_domains_explanation() -> None:
     outcome = spf("fail")
     d = policy.decide_mail(S, "alice@example.org", "h", outcome, now=NOW)
     assert d == policy.MailDecision(
+        None,
+        "U",
+        "alice@example.org",
+        S.srs.forward("alice@example.org", now=NOW),
+        "mx.fwd.example; spf=fail smtp.mailfrom=alice@example.org",
+        outcome,
+    )
+    assert policy.rcpt_spf(S, d, None) == (
         replies.SPF_FAIL.with_text(
             "SPF check failed: the sender's domain does not permit this host"
             " (example.org: fail explanation)"
         ),
-        "U",
-        "alice@example.org",
-        None,
-        "mx.fwd.example; spf=fail smtp.mailfrom=alice@example.org",
-        outcome,
+        "",
     )
 
 
 def test_an_spf_refusal_without_explanation_or_domain() -> None:
     bare = policy.decide_mail(S, "a@example.org", "h", SPFOutcome("fail", "mailfrom", "x"), now=NOW)
-    assert bare.reply == replies.SPF_FAIL
+    assert verdict(bare) == replies.SPF_FAIL
     nameless = SPFOutcome("fail", "helo", "", "no such host")
-    d = policy.decide_mail(S, "a@example.org", "h", nameless, now=NOW)
-    assert d.reply is not None
-    assert d.reply.text == f"{replies.SPF_FAIL.text} (the sender: no such host)"
+    d = verdict(policy.decide_mail(S, "a@example.org", "h", nameless, now=NOW))
+    assert d is not None
+    assert d.text == f"{replies.SPF_FAIL.text} (the sender: no such host)"
 
 
 def test_a_tempfail_action_on_a_permanent_result_is_a_451_saying_try_later() -> None:
     strict = settings(spf_actions=ACTIONS | {"none": "tempfail"})
     d = policy.decide_mail(strict, "a@example.org", "h", spf("none"), now=NOW)
-    assert d.reply == replies.Reply(
+    assert verdict(d, strict) == replies.Reply(
         451,
         "4.7.24",
         "No SPF record for the sender's domain: refused by local policy; try again later"
@@ -657,7 +671,7 @@ def test_a_tempfail_action_on_a_permanent_result_is_a_451_saying_try_later() -> 
 def test_a_reject_action_on_a_temporary_result_is_a_550_without_try_later() -> None:
     strict = settings(spf_actions=ACTIONS | {"temperror": "reject"})
     d = policy.decide_mail(strict, "a@example.org", "h", spf("temperror"), now=NOW)
-    assert d.reply == replies.Reply(
+    assert verdict(d, strict) == replies.Reply(
         550,
         "5.7.24",
         "SPF check could not be completed (DNS error) (example.org: temperror explanation)",
@@ -669,6 +683,7 @@ def test_spf_pass_is_accepted_whatever_the_actions_table_says() -> None:
     odd = settings(spf_actions=ACTIONS | {"pass": "reject"})
     d = policy.decide_mail(odd, "a@example.org", "h", spf("pass"), now=NOW)
     assert (d.reply, d.state) == (None, "B")
+    assert policy.rcpt_spf(odd, d, replace(BOB, spf_actions=(("pass", "reject"),))) == (None, "")
 
 
 def test_an_accepted_sender_decision_keeps_the_spf_outcome() -> None:
@@ -789,7 +804,13 @@ def test_forwarding_decisions_name_the_recipient_as_given_and_its_entry() -> Non
         (
             RcptInfo(BOB),
             m_u,
-            RcptDecision("<X@fwd.example>", "forward", forward=BOB, params=tuple(PARAMS)),
+            RcptDecision(
+                "<X@fwd.example>",
+                "forward",
+                forward=BOB,
+                params=tuple(PARAMS),
+                sender_rewrite="srs",
+            ),
         ),
     ]
     for info, m, expected in cases:

@@ -162,10 +162,9 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         self._local = False
         self._trusted = False
         self._in_transaction = False
-        # Per connection: the recipients' trusted forwarder domains checked
-        # (domain, HELO name) -> SPF result, and the HELO identity's result.
+        # Per connection: the recipients' trusted forwarder domains checked,
+        # (domain, HELO name) -> SPF result (SPFChecker.forwarder).
         self._forwarder_results: dict[tuple[str, str], str] = {}
-        self._helo_results: dict[str, str] = {}
         self._reset()
         if server is not None:
             server.connection_opened()
@@ -381,45 +380,12 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         return CONTINUE
 
     def _trust(self, entries: tuple[str, ...]) -> policy.Trust:
-        """Which of a recipient's trusted forwarders the client is: networks
-        first (no DNS), then each domain in turn until one passes."""
-        trust = policy.match_forwarder(entries, self._client_ip, {})
-        if trust.entry or not self._client_ip:
-            return trust
-        results: dict[str, str] = {}
-        for domain in policy.forwarder_domains(entries):
-            results[domain] = self._forwarder_result(domain)
-            if results[domain] == "pass":
-                break
-        return policy.match_forwarder(entries, self._client_ip, results)
-
-    def _forwarder_result(self, domain: str) -> str:
-        """check_host(client, domain) for the identity postmaster@domain
-        (RFC 7208 section 2.4); or, for a HELO name that is the domain or
-        under it, the HELO identity's result. "pass" if either passes,
-        "temperror" if either could not complete; cached per connection."""
-        key = (domain, self._helo.lower())
-        hit = self._forwarder_results.get(key)
-        if hit is not None:
-            return hit
-        results = [self._spf_result(f"postmaster@{domain}", "")]
-        if results[0] != "pass" and policy.helo_within(self._helo, domain):
-            helo = self._helo.lower()
-            if helo not in self._helo_results:
-                self._helo_results[helo] = self._spf_result("", self._helo)
-            results.append(self._helo_results[helo])
-        result = (
-            "pass" if "pass" in results else "temperror" if "temperror" in results else results[0]
-        )
-        self._forwarder_results[key] = result
-        log.debug("forwarder=%s helo=<%s> spf=%s", domain, self._helo, result)
-        return result
-
-    def _spf_result(self, sender: str, helo: str) -> str:
+        """Which of a recipient's trusted forwarders the client is (DNS for
+        the domains among them, kept for the connection)."""
         started = time.monotonic()
-        outcome = self.rt.spf.check(self._client_ip, sender, helo)
+        trust = self.rt.spf.trust(entries, self._client_ip, self._helo, self._forwarder_results)
         self.rt.metrics.dns_latency(time.monotonic() - started)
-        return outcome.result
+        return trust
 
     def _rcpt_info(self, bare: str) -> RcptInfo:
         started = time.monotonic()

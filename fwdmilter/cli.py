@@ -155,7 +155,11 @@ def _check_address(value: str, what: str) -> str:
 
 
 def _forward_dict(f: Forward) -> dict[str, Any]:
-    return asdict(f) | {"active": f.active, "pending_active": bool(f.pending_at(time.time()))}
+    # The JSON of schema 3 (one "target"), until fwdctl shows several targets.
+    d = asdict(f) | {"active": f.active, "pending_active": bool(f.pending_at(time.time()))}
+    for name in ("targets", "spf_actions", "rewrite", "trusted"):
+        d.pop(name)
+    return d | {"target": f.target}
 
 
 def _forward_line(f: Forward) -> str:

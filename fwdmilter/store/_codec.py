@@ -15,6 +15,7 @@ from typing import Final, cast
 
 from fwdmilter.addr import key
 from fwdmilter.errors import StoreSchemaError
+from fwdmilter.states import SENDER_REWRITES, SPF_ACTIONS, SPF_RESULTS, SenderRewrite
 from fwdmilter.store.base import (
     Forward,
     HeldEntry,
@@ -61,6 +62,10 @@ FORWARD_FIELDS: Final = (
     "updated",
     "pending",
     "pending_expires",
+    "targets",
+    "spf_actions",
+    "rewrite",
+    "trusted",
 )
 MESSAGE_FIELDS: Final = (
     "srs",
@@ -118,7 +123,18 @@ def split_addresses(text: str) -> tuple[str, ...]:
 
 
 def norm_forward(f: Forward) -> Forward:
-    return replace(f, rcpt=key(f.rcpt), targets=tuple(dict.fromkeys(key(t) for t in f.targets)))
+    """Addresses in their normal form, each target once (in the order
+    given), SPF actions in RFC 7208's order of results, each once (the last
+    given wins), trusted forwarders lower-case, each once."""
+    actions = dict(f.spf_actions)
+    return replace(
+        f,
+        rcpt=key(f.rcpt),
+        targets=tuple(dict.fromkeys(key(t) for t in f.targets if t)),
+        spf_actions=tuple((r, actions[r]) for r in SPF_RESULTS if r in actions)
+        + tuple(sorted((r, a) for r, a in actions.items() if r not in SPF_RESULTS)),
+        trusted=tuple(dict.fromkeys(t.strip().lower() for t in f.trusted if t.strip())),
+    )
 
 
 def norm_record(r: MessageRecord) -> MessageRecord:
@@ -151,6 +167,12 @@ def forward_fields(f: Forward) -> dict[str, str]:
         "updated": _num(f.updated),
         "pending": f.pending,
         "pending_expires": _num(f.pending_expires),
+        # "target" keeps the first target: what a one-target reader (and an
+        # admin's redis-cli HGET) finds; "targets" is the whole list.
+        "targets": join_addresses(f.targets),
+        "spf_actions": " ".join(f"{r}={a}" for r, a in f.spf_actions),
+        "rewrite": f.rewrite,
+        "trusted": join_addresses(f.trusted),
     }
 
 
@@ -233,11 +255,30 @@ class _Reader:
         return value
 
 
+def _spf_actions(r: _Reader) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for word in r.text("spf_actions", "").split():
+        result, _, action = word.partition("=")
+        if result not in SPF_RESULTS or action not in SPF_ACTIONS:
+            raise StoreSchemaError(
+                f"{r.where}: field 'spf_actions' holds {word!r}, not RESULT=ACTION"
+                f" with a result of {', '.join(SPF_RESULTS)} and an action of"
+                f" {', '.join(sorted(SPF_ACTIONS))} (written by a newer fwdmilter?)"
+            )
+        out.append((result, action))
+    return tuple(out)
+
+
 def forward_from(data: Mapping[str, object], where: str) -> Forward:
     r = _Reader(data, where)
+    # Schema 3 kept one target, in "target"; schema 4 keeps every target in
+    # "targets" and the first in "target" too.
+    targets = split_addresses(r.text("targets", "")) or tuple(
+        t for t in (r.text("target", ""),) if t
+    )
     return Forward(
         rcpt=r.text("rcpt"),
-        targets=tuple(t for t in (r.text("target", ""),) if t),
+        targets=targets,
         contact=r.text("contact", ""),
         null_sender=cast(
             NullSenderPolicy, r.choice("null_sender", NULL_SENDER_POLICIES, "forward")
@@ -247,6 +288,9 @@ def forward_from(data: Mapping[str, object], where: str) -> Forward:
         updated=r.number("updated", 0.0),
         pending=r.text("pending", ""),
         pending_expires=r.number("pending_expires", 0.0),
+        spf_actions=_spf_actions(r),
+        rewrite=cast(SenderRewrite, r.choice("rewrite", SENDER_REWRITES, "")),
+        trusted=split_addresses(r.text("trusted", "")),
     )
 
 

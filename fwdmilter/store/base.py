@@ -97,7 +97,8 @@ __all__ = [
 
 #: Version of the stored data's layout; a backend refuses data of a newer one
 #: and migrates older data forward when it opens.
-SCHEMA_VERSION: Final = 3
+#: 4: a forward has several targets, a policy and trusted forwarders.
+SCHEMA_VERSION: Final = 4
 
 #: The names the store used before the types moved to :mod:`fwdmilter.states`.
 MessageState = RecordState

@@ -17,8 +17,10 @@ Keys (``P`` is ``store.prefix``; docs/redis.md shows them in redis-cli)::
 Every address in a key (RCPT, SRS, TARGET) and in the fields the store looks
 up is in the normal form of :func:`fwdmilter.addr.key`: the store applies it
 on every write and lookup. Schema version 1 kept addresses as given;
-:meth:`RedisStore._migrate_v1` re-keys such data and rebuilds every counter
-from the entries when a version-2 fwdmilter first opens the store.
+:meth:`RedisStore._migrate` re-keys such data and rebuilds every counter
+from the entries when a newer fwdmilter first opens the store. Schema 4
+gives a forward several targets: field ``targets`` (one per line), with
+``target`` still holding the first.
 
 The ``{...}`` part is a Redis Cluster hash tag: every key of one SRS address,
 and every key of one target, lives in one slot, so the multi-key updates below
@@ -38,8 +40,9 @@ Atomicity
 - ``record_messages`` is one MULTI/EXEC transaction (one round trip); on a
   cluster, one transaction per SRS address (each in its own slot).
 - ``rcpt_info`` pipelines HGETALL of each forward with HMGET of the counters
-  of the target last seen for that recipient (an in-process cache, bounded);
-  only a forward whose target is not the cached one costs a second trip.
+  of the targets last seen for that recipient (an in-process cache,
+  bounded); only a forward whose targets are not the cached ones costs a
+  second trip.
 
 Connections come from redis-py's thread-safe pools (never a
 ``single_connection_client``: libmilter calls from many threads). A pooled
@@ -304,8 +307,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if ARGV[1] == '' then
   redis.call('DEL', KEYS[1])
 else
-  redis.call('HSET', KEYS[1], 'target', '', 'null_sender', 'forward',
-             'moved_to', ARGV[1], 'updated', ARGV[2], 'pending', '', 'pending_expires', '0.0')
+  redis.call('HSET', KEYS[1], 'target', '', 'targets', '', 'null_sender', 'forward',
+             'moved_to', ARGV[1], 'updated', ARGV[2], 'pending', '', 'pending_expires', '0.0',
+             'spf_actions', '', 'rewrite', '', 'trusted', '')
 end
 return 1
 """)
@@ -403,7 +407,8 @@ class RedisStore(Store):
         self._prefix = prefix
         self._clock = clock
         self._cache_size = cache_size
-        self._targets: OrderedDict[str, str] = OrderedDict()  # rcpt -> target last seen
+        # rcpt -> the targets last seen for it
+        self._targets: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._lock = threading.Lock()
         self._closing = [*closing, client.close]
         self._migration_wait = migration_wait
@@ -539,9 +544,10 @@ class RedisStore(Store):
         for script in _SCRIPTS:
             self._trip()
             self._client.script_load(script.source)
-        if version == 1:
-            # 1 -> 2 re-keys; 2 -> 3 (the web service's keys) rewrites nothing.
-            self._migrate_v1(self._migration_wait)
+        if version < 4:
+            # 1 -> 2 re-keys; 2 -> 3 (the web service's keys) rewrites
+            # nothing; 3 -> 4 gives every forward its list of targets.
+            self._migrate(version, self._migration_wait)
         elif version < SCHEMA_VERSION:
             if not all(v in _NOTHING_TO_REWRITE for v in range(version, SCHEMA_VERSION)):
                 raise StoreSchemaError(
@@ -556,9 +562,13 @@ class RedisStore(Store):
     def _migrating_key(self) -> str:
         return f"{self._prefix}:migrating"
 
-    def _migrate_v1(self, wait: float) -> None:
-        """Version 1 -> 3: every address in its normal form, counters rebuilt
-        (the step to 3, the web service's keys, rewrites nothing).
+    def _migrate(self, version: int, wait: float) -> None:
+        """Version 1, 2 or 3 -> 4. From 1: every address in its normal form,
+        counters rebuilt (the step to 3, the web service's keys, rewrites
+        nothing). From every one of them: each forward gets its "targets"
+        (its one "target"; schema 4 reads a forward without them the same
+        way, so a forward a stopped older milter wrote late is still read
+        right).
 
         One process migrates (it holds ``P:migrating``); another that opens
         the store meanwhile waits for the version to change. Each step is
@@ -579,15 +589,33 @@ class RedisStore(Store):
         try:
             if int(self._client.get(self.schema_key) or 0) >= SCHEMA_VERSION:
                 return
-            moved = self._rekey_forwards() + self._rekey_records() + self._rekey_entries()
-            self._rebuild_counters()
+            moved = 0
+            if version == 1:
+                moved = self._rekey_forwards() + self._rekey_records() + self._rekey_entries()
+                self._rebuild_counters()
+            filled = self._fill_targets()
             self._client.set(self.schema_key, SCHEMA_VERSION)
             log.warning(
-                "store=%s migrated schema=1->%d rekeyed=%d", self.name, SCHEMA_VERSION, moved
+                "store=%s migrated schema=%d->%d rekeyed=%d forwards=%d",
+                self.name,
+                version,
+                SCHEMA_VERSION,
+                moved,
+                filled,
             )
         finally:
             if self._client.get(self._migrating_key) == token:
                 self._client.delete(self._migrating_key)
+
+    def _fill_targets(self) -> int:
+        """Schema 4: "targets" beside each one-target forward's "target"."""
+        filled = 0
+        for name, data in list(self._hgetall_batched(self._scan("forward"))):
+            if data.get("target") and not data.get("targets"):
+                # HSETNX: a forward rewritten meanwhile keeps its own list.
+                self._client.hsetnx(name, "targets", data["target"])
+                filled += 1
+        return filled
 
     def _rekey_forwards(self) -> int:
         moved = 0
@@ -719,11 +747,11 @@ class RedisStore(Store):
             return []
         rcpts = [_k(r) for r in rcpts]
         with self._lock:
-            cached = [self._targets.get(r) for r in rcpts]
+            cached = [self._targets.get(r, ()) for r in rcpts]
         pipe = self._pipeline()
-        for rcpt, target in zip(rcpts, cached, strict=True):
+        for rcpt, targets in zip(rcpts, cached, strict=True):
             pipe.hgetall(self._forward_key(rcpt))
-            if target:
+            for target in targets:
                 pipe.hmget(self._count_key(target), "H", "R")
         self._trip()
         replies = iter(pipe.execute())
@@ -731,17 +759,19 @@ class RedisStore(Store):
         forwards: list[Forward | None] = []
         held: dict[int, int] = {}
         missing: dict[str, list[int]] = {}  # target -> indexes needing its counters
-        for i, (rcpt, target) in enumerate(zip(rcpts, cached, strict=True)):
+        for i, (rcpt, targets) in enumerate(zip(rcpts, cached, strict=True)):
             data = next(replies)
-            counts = next(replies) if target else None
+            counts = [next(replies) for _ in targets]
             forward = _codec.forward_from(data, self._forward_key(rcpt)) if data else None
             forwards.append(forward)
             if forward is None or not forward.active:
                 continue
-            if forward.target == target and counts is not None:
-                held[i] = _sum_counts(counts)
+            if forward.targets == targets:
+                held[i] = sum(_sum_counts(c) for c in counts)
             else:
-                missing.setdefault(forward.target, []).append(i)
+                held[i] = 0
+                for target in forward.targets:
+                    missing.setdefault(target, []).append(i)
         if missing:
             pipe = self._pipeline()
             for target in missing:
@@ -749,12 +779,12 @@ class RedisStore(Store):
             self._trip()
             for indexes, counts in zip(missing.values(), pipe.execute(), strict=True):
                 for i in indexes:
-                    held[i] = _sum_counts(counts)
+                    held[i] += _sum_counts(counts)
 
         with self._lock:
             for rcpt, forward in zip(rcpts, forwards, strict=True):
                 if forward is not None and forward.active:
-                    self._targets[rcpt] = forward.target
+                    self._targets[rcpt] = forward.targets
                     self._targets.move_to_end(rcpt)
                 else:
                     self._targets.pop(rcpt, None)

@@ -227,8 +227,21 @@ def _add_web(conn: sqlite3.Connection) -> None:
     )
 
 
+# -- version 4: the forwarding table grows up ------------------------------------
+
+
+def _v4(conn: sqlite3.Connection) -> None:
+    """Forwards get every target ("targets", one per line; "target" keeps
+    the first), the recipient's SPF actions and sender rewrite, and its
+    trusted forwarders. A one-target forward of version 3 becomes a forward
+    with that one target."""
+    for column in ("targets", "spf_actions", "rewrite", "trusted"):
+        conn.execute(f"ALTER TABLE forwards ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+    conn.execute("UPDATE forwards SET targets = target WHERE target != ''")
+
+
 #: version -> the step to version + 1.
-MIGRATIONS: Final[Mapping[int, Migration]] = {0: _create_v1, 1: _v2, 2: _add_web}
+MIGRATIONS: Final[Mapping[int, Migration]] = {0: _create_v1, 1: _v2, 2: _add_web, 3: _v4}
 
 #: Write transactions of import_items commit every this many items.
 _IMPORT_BATCH: Final = 1000
@@ -538,7 +551,8 @@ class SQLiteStore(Store):
         with self._write() as conn:
             if moved_to:
                 cur = conn.execute(
-                    "UPDATE forwards SET target = '', null_sender = 'forward', moved_to = ?,"
+                    "UPDATE forwards SET target = '', targets = '', null_sender = 'forward',"
+                    " spf_actions = '', rewrite = '', trusted = '', moved_to = ?,"
                     " updated = ?, pending = '', pending_expires = 0 WHERE rcpt = ?",
                     (moved_to, now, rcpt),
                 )
@@ -568,10 +582,36 @@ class SQLiteStore(Store):
                 f" FROM forwards f WHERE f.rcpt IN ({marks})"
             )
             rows = self._rows(sql, chunk)
+            more: dict[str, list[str]] = {}  # rcpt -> its targets after the first
             for row in rows:
                 forward = _codec.forward_from(row, self._where("forwards", row["rcpt"]))
                 found[forward.rcpt] = RcptInfo(forward, int(row["n"]) if forward.active else 0)
+                if forward.active and len(forward.targets) > 1:
+                    more[forward.rcpt] = list(forward.targets[1:])
+            if more:
+                # Several targets: the others' counts in one more query. One
+                # target (the usual case) costs nothing more.
+                counts = self._held_counts(t for ts in more.values() for t in ts)
+                for rcpt, targets in more.items():
+                    info = found[rcpt]
+                    extra = sum(counts.get(t, 0) for t in targets)
+                    found[rcpt] = RcptInfo(info.forward, info.held + extra)
         return [found.get(r, RcptInfo(None)) for r in keyed]
+
+    def _held_counts(self, targets: Iterable[str]) -> dict[str, int]:
+        """H and R entries of each of ``targets`` (those with none are absent)."""
+        wanted = list(dict.fromkeys(targets))
+        counts: dict[str, int] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = (
+                "SELECT target, count(*) AS n FROM held"  # noqa: S608 (only "?" marks)
+                f" WHERE state IN ('H', 'R') AND target IN ({marks}) GROUP BY target"
+            )
+            for row in self._rows(sql, chunk):
+                counts[str(row["target"])] = int(row["n"])
+        return counts
 
     @_guarded
     def record_messages(self, records: Sequence[MessageRecord], ttl: float) -> None:

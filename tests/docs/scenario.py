@@ -18,6 +18,7 @@ A doc moves the sandbox along with block attributes (tests/docs/markdown.py):
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -248,6 +249,9 @@ def build(
             "TERM": "dumb",
             "NO_COLOR": "1",
             "FWDMILTER_CONFIG": str(fm.config_path),
+            # A checkout other than the installed one (a git worktree) runs
+            # its own code in the docs' commands too.
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
         },
         cwd=workdir,
         allowed_paths=[workdir, border.base, venv.parent, Path(sys.prefix)],

@@ -250,7 +250,7 @@ def test_sqlite_v1_store_is_migrated_and_rekeyed(tmp_path: Path) -> None:
     store = SQLiteStore(path, clock=Clock())
     try:
         with sqlite3.connect(path) as conn:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         (f,) = store.list_forwards()
         assert (f.rcpt, f.target) == ("carol@fwd.example", "nobody@broken.example")
         entries = store.held("nobody@broken.example")

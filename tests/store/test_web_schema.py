@@ -34,7 +34,7 @@ def test_an_sqlite_file_of_schema_1_gains_pending_columns_and_web_tables(tmp_pat
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     conn.close()
-    assert version == SCHEMA_VERSION == 3
+    assert version == SCHEMA_VERSION == 4
     assert {"web_tokens", "web_rates"} <= tables
 
 
@@ -63,4 +63,4 @@ def test_a_redis_prefix_of_schema_1_is_moved_to_3_keeping_its_forwards(
     finally:
         store.close()
     with redis_server.admin() as r:
-        assert r.get(f"{prefix}:schema") == str(SCHEMA_VERSION) == "3"
+        assert r.get(f"{prefix}:schema") == str(SCHEMA_VERSION) == "4"

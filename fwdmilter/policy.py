@@ -501,7 +501,7 @@ def decide_rcpt_forwarding(
             return RcptDecision(rcpt, "refuse", replies.TARGET_UNCONFIRMED, forward=fwd)
         return RcptDecision(rcpt, "refuse", replies.UNKNOWN_RECIPIENT, forward=fwd)
     if mail.sender == "" and fwd.null_sender == "hold":
-        return RcptDecision(rcpt, "hold", forward=fwd, params=tuple(params))
+        return RcptDecision(rcpt, "hold", forward=fwd, params=tuple(params), spf_note=note)
     if mail.state == "U" and info.held > 0:
         return RcptDecision(rcpt, "refuse", replies.TARGET_HELD, forward=fwd)
     return RcptDecision(

@@ -1,11 +1,18 @@
 """fwdctl: the admin's tool.
 
     fwdctl [--config PATH] srs forward|reverse [ADDR...]
-    fwdctl forward set RCPT TARGET [--contact ADDR] [--null-sender forward|hold]
-                                   [--confirm | --no-confirm]
+    fwdctl forward set RCPT TARGET [TARGET...] [--contact ADDR]
+                       [--null-sender forward|hold] [--confirm | --no-confirm]
+    fwdctl forward add-target RCPT TARGET... [--confirm | --no-confirm]
+    fwdctl forward remove-target RCPT TARGET...
+    fwdctl forward policy RCPT [--spf-RESULT reject|tempfail|accept|inherit]...
+                       [--rewrite srs|when-needed|none|inherit] [--null-sender forward|hold]
+    fwdctl forward trust|untrust RCPT FORWARDER
     fwdctl forward show RCPT [--json]
     fwdctl forward list [--json]
     fwdctl forward delete RCPT [--moved-to ADDR]
+    fwdctl forward import FILE|- [--dry-run] [--skip-unsupported]
+    fwdctl forward export
     fwdctl held list [--target ADDR | --domain DOMAIN] [--state H|R|N] [--json]
     fwdctl held show ID [--json]
     fwdctl held requeue --target ADDR | --domain DOMAIN | --id ID [--dry-run]
@@ -41,13 +48,17 @@ import logging
 import os
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any, Final, TextIO
 
-from fwdmilter import __version__, addr, config
+from fwdmilter import __version__, addr, config, table, virtual
+from fwdmilter import confirm as confirming
 from fwdmilter.errors import FwdmilterError
 from fwdmilter.runtime import make_srs
+from fwdmilter.states import SPF_RESULTS
 from fwdmilter.store.base import Forward, HeldEntry, Store
 from srs import ALIAS_HOST, SRSError, alias_key, local_part_too_long
 
@@ -148,18 +159,35 @@ def cmd_srs(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _check_address(value: str, what: str) -> str:
-    bare = addr.strip_brackets(value)
-    if addr.split(bare) is None or any(c.isspace() for c in bare):
-        raise UsageError(f"{what} {value!r} is not a mail address")
-    return bare
+    try:
+        return table.check_address(value, what)
+    except table.TableError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _configured_keys(cfg: config.Config) -> frozenset[str]:
+    """The ``section.key`` names the configuration file sets (for ``show``)."""
+    if not cfg.path:
+        return frozenset()
+    try:
+        data = tomllib.loads(Path(cfg.path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return frozenset()  # config.load read it a moment ago; be quiet
+    return frozenset(
+        f"{section}.{key}"
+        for section, values in data.items()
+        if isinstance(values, dict)
+        for key in values
+    )
 
 
 def _forward_dict(f: Forward) -> dict[str, Any]:
-    # The JSON of schema 3 (one "target"), until fwdctl shows several targets.
-    d = asdict(f) | {"active": f.active, "pending_active": bool(f.pending_at(time.time()))}
-    for name in ("targets", "spf_actions", "rewrite", "trusted"):
-        d.pop(name)
-    return d | {"target": f.target}
+    # ``target`` (the first target) is the field of the one-target version.
+    return asdict(f) | {
+        "target": f.target,
+        "active": f.active,
+        "pending_active": bool(f.pending_at(time.time())),
+    }
 
 
 def _forward_line(f: Forward) -> str:
@@ -170,7 +198,366 @@ def _forward_line(f: Forward) -> str:
     if f.pending:
         state = "pending" if f.pending_expires > time.time() else "expired"
         extra += f"  {state}={f.pending} (until {_when(f.pending_expires)})"
-    return f"{f.rcpt} -> {f.target or '(none)'}{extra}"
+    return f"{f.rcpt} -> {', '.join(f.targets) or '(none)'}{extra}"
+
+
+def _policy_lines(policy: dict[str, Any]) -> list[str]:
+    lines = [f"spf {r}: {v['value']} ({v['source']})" for r, v in policy["spf"].items()]
+    rewrite = policy["rewrite"]
+    note = f"; {rewrite['note']}" if "note" in rewrite else ""
+    lines.append(f"rewrite: {rewrite['value']} ({rewrite['source']}{note})")
+    lines.append(
+        f"null sender: {policy['null_sender']['value']} ({policy['null_sender']['source']})"
+    )
+    for name, key in (("trusted forwarders", "trusted"), ("trusted.networks", "trusted_networks")):
+        value = ", ".join(policy[key]["value"]) or "none"
+        lines.append(f"{name}: {value} ({policy[key]['source']})")
+    return lines
+
+
+def _warn_rewrite(cfg: config.Config, fwd: Forward) -> None:
+    if fwd.rewrite == "when-needed" and not cfg.srs.outbound_ips:
+        print(
+            f"fwdctl: warning: {fwd.rcpt}: rewrite when-needed acts as srs while"
+            " srs.outbound_ips is empty (the milter cannot tell which senders permit this host)",
+            file=sys.stderr,
+        )
+
+
+def _live(store: Store, rcpt: str) -> Forward:
+    found = store.get_forward(rcpt)
+    if found is None or found.moved_to:
+        raise UsageError(f"{rcpt}: no such forwarding address (fwdctl forward set makes one)")
+    return found
+
+
+def _base(old: Forward | None, rcpt: str, now: float) -> Forward:
+    """The entry a write starts from: the stored one (its contact, policy and
+    trusted forwarders kept), or a new one; never a moved one."""
+    if old is None:
+        return Forward(rcpt, created=now, updated=now)
+    return dataclasses.replace(old, moved_to="", updated=now)
+
+
+def _one_new(new: Sequence[str], rcpt: str) -> None:
+    if len(new) > 1:
+        raise UsageError(
+            f"{rcpt}: {len(new)} new targets ({', '.join(new)}) while confirmation is on:"
+            " each new target confirms on its own, so add them one at a time"
+            " (fwdctl forward add-target RCPT TARGET), or give --no-confirm"
+        )
+
+
+def _request(
+    store: Store, cfg: config.Config, base: Forward, target: str, mode: confirming.Mode, now: float
+) -> int:
+    table.check_count(cfg, base.rcpt, len(base.targets) + 1 if mode == "add" else 1)
+    pending = confirming.request_target(
+        store, cfg, base.rcpt, target, requested_by="admin", now=now, base=base, mode=mode
+    )
+    print(_forward_line(pending))
+    return EXIT_OK
+
+
+def _put(store: Store, new: Forward, old: Forward | None) -> None:
+    """Store ``new``; withdraw the confirmation link of a pending target it dropped."""
+    store.put_forward(new)
+    if old is not None and old.pending and not new.pending:
+        store.delete_tokens("confirm", new.rcpt)
+
+
+def _forward_set(args: argparse.Namespace, cfg: config.Config, store: Store, rcpt: str) -> int:
+    try:
+        targets = table.check_targets(cfg, rcpt, args.targets)
+    except table.TableError as exc:
+        raise UsageError(str(exc)) from None
+    contact = _check_address(args.contact, "contact") if args.contact else ""
+    if addr.domain_of(rcpt) not in {d.lower() for d in cfg.forwarding.domains}:
+        print(
+            f"fwdctl: warning: {rcpt} is not in forwarding.domains; the milter "
+            "will not look it up until its domain is",
+            file=sys.stderr,
+        )
+    now = time.time()
+    old = store.get_forward(rcpt)
+    base = _base(old, rcpt, now)
+    if args.contact is not None:
+        base = dataclasses.replace(base, contact=contact)
+    if args.null_sender:
+        base = dataclasses.replace(base, null_sender=args.null_sender)
+    confirm = cfg.forwarding.confirm_targets if args.confirm is None else args.confirm
+    if confirm:
+        current = base.targets
+        new = [t for t in targets if t not in current]
+        _one_new(new, rcpt)
+        if new:
+            # What stays of the current targets stays at once (removing needs
+            # no confirmation) and the new one joins it once confirmed; if
+            # nothing stays, mail keeps going to the current targets until the
+            # new one replaces them.
+            kept = tuple(t for t in targets if t in current)
+            mode: confirming.Mode = "add" if kept else "replace"
+            return _request(
+                store, cfg, dataclasses.replace(base, targets=kept or current), new[0], mode, now
+            )
+    fresh = dataclasses.replace(base, targets=targets, pending="", pending_expires=0.0)
+    _put(store, fresh, old)
+    print(_forward_line(store.get_forward(rcpt) or fresh))
+    return EXIT_OK
+
+
+def _forward_add(args: argparse.Namespace, cfg: config.Config, store: Store, rcpt: str) -> int:
+    live = _live(store, rcpt)
+    try:
+        wanted = table.check_targets(cfg, rcpt, args.targets)
+    except table.TableError as exc:
+        raise UsageError(str(exc)) from None
+    new = [t for t in wanted if t not in live.targets]
+    if not new:
+        print(f"fwdctl: {rcpt}: {', '.join(wanted)} already forwarded to", file=sys.stderr)
+        print(_forward_line(live))
+        return EXIT_OK
+    now = time.time()
+    confirm = cfg.forwarding.confirm_targets if args.confirm is None else args.confirm
+    if confirm:
+        _one_new(new, rcpt)
+        return _request(store, cfg, dataclasses.replace(live, updated=now), new[0], "add", now)
+    targets = (*live.targets, *new)
+    try:
+        table.check_count(cfg, rcpt, len(targets))
+    except table.TableError as exc:
+        raise UsageError(str(exc)) from None
+    store.put_forward(dataclasses.replace(live, targets=targets, updated=now))
+    print(_forward_line(store.get_forward(rcpt) or live))
+    return EXIT_OK
+
+
+def _forward_remove(args: argparse.Namespace, cfg: config.Config, store: Store, rcpt: str) -> int:
+    live = _live(store, rcpt)
+    gone = [addr.key(_check_address(t, "target")) for t in args.targets]
+    unknown = [t for t in gone if t not in live.targets and t != live.pending]
+    if unknown:
+        raise UsageError(
+            f"{rcpt}: not a target of it: {', '.join(unknown)}"
+            f" (its targets: {', '.join(live.targets) or 'none'})"
+        )
+    left = tuple(t for t in live.targets if t not in gone)
+    if not left:
+        raise UsageError(
+            f"{rcpt}: that would leave it no target; to stop forwarding it, use"
+            f" fwdctl forward delete {rcpt} (with --moved-to ADDR if it has a new address)"
+        )
+    new = dataclasses.replace(live, targets=left, updated=time.time())
+    if live.pending in gone:
+        new = dataclasses.replace(new, pending="", pending_expires=0.0)
+    _put(store, new, live)
+    print(_forward_line(store.get_forward(rcpt) or new))
+    return EXIT_OK
+
+
+def _forward_policy(args: argparse.Namespace, cfg: config.Config, store: Store, rcpt: str) -> int:
+    live = _live(store, rcpt)
+    actions = dict(live.spf_actions)
+    for result in SPF_RESULTS:
+        choice = getattr(args, f"spf_{result}")
+        if choice == "inherit":
+            actions.pop(result, None)
+        elif choice:
+            actions[result] = choice
+    new = dataclasses.replace(
+        live,
+        spf_actions=tuple((r, actions[r]) for r in SPF_RESULTS if r in actions),
+    )
+    if args.rewrite:
+        new = dataclasses.replace(new, rewrite="" if args.rewrite == "inherit" else args.rewrite)
+    if args.null_sender:
+        new = dataclasses.replace(new, null_sender=args.null_sender)
+    if new != live:
+        new = dataclasses.replace(new, updated=time.time())
+        store.put_forward(new)
+        new = store.get_forward(rcpt) or new
+    _warn_rewrite(cfg, new)
+    print(_forward_line(new))
+    for line in _policy_lines(table.effective_policy(cfg, new, _configured_keys(cfg))):
+        print(f"  {line}")
+    return EXIT_OK
+
+
+def _forward_trust(args: argparse.Namespace, cfg: config.Config, store: Store, rcpt: str) -> int:
+    live = _live(store, rcpt)
+    try:
+        forwarder = table.forwarder(args.forwarder)
+    except table.TableError as exc:
+        raise UsageError(str(exc)) from None
+    if args.forward_command == "trust":
+        trusted = live.trusted if forwarder in live.trusted else (*live.trusted, forwarder)
+    else:
+        if forwarder not in live.trusted:
+            raise UsageError(
+                f"{rcpt}: {forwarder} is not one of its trusted forwarders"
+                f" ({', '.join(live.trusted) or 'it has none'})"
+            )
+        trusted = tuple(t for t in live.trusted if t != forwarder)
+    if trusted != live.trusted:
+        store.put_forward(dataclasses.replace(live, trusted=trusted, updated=time.time()))
+        trusted = (store.get_forward(rcpt) or live).trusted
+    print(f"{rcpt} trusted forwarders: {', '.join(trusted) or 'none'}")
+    return EXIT_OK
+
+
+def _forward_show(args: argparse.Namespace, cfg: config.Config, store: Store, rcpt: str) -> int:
+    found = store.get_forward(rcpt)
+    if found is None:
+        print(f"fwdctl: {rcpt}: no such forwarding address", file=sys.stderr)
+        return EXIT_REFUSED
+    policy = table.effective_policy(cfg, found, _configured_keys(cfg))
+    if args.json:
+        _print_json(_forward_dict(found) | {"policy": policy})
+        return EXIT_OK
+    print(_forward_line(found))
+    print(f"  created {_when(found.created)}, updated {_when(found.updated)}")
+    if not found.moved_to:
+        for line in _policy_lines(policy):
+            print(f"  {line}")
+    return EXIT_OK
+
+
+def _forward_delete(args: argparse.Namespace, cfg: config.Config, store: Store, rcpt: str) -> int:
+    moved = _check_address(args.moved_to, "moved-to address") if args.moved_to else ""
+    if not store.delete_forward(rcpt, moved, now=time.time()):
+        print(f"fwdctl: {rcpt}: no such forwarding address", file=sys.stderr)
+        return EXIT_REFUSED
+    print(
+        f"{rcpt} deleted" + (f"; mail for it is refused with 551 naming {moved}" if moved else "")
+    )
+    return EXIT_OK
+
+
+#: The header of ``forward export``, a comment that import skips.
+EXPORT_HEADER: Final = (
+    "The forwarding table of fwdmilter (fwdctl forward export), Postfix virtual(5) format.\n"
+    "Only the targets: not the contacts, policies and trusted forwarders, nor pending\n"
+    "targets; moved recipients (refused with 551) are not listed."
+)
+
+
+def _forward_export(args: argparse.Namespace, cfg: config.Config, store: Store) -> int:
+    active = sorted((f for f in store.list_forwards() if f.active), key=lambda f: f.rcpt)
+    written: list[Forward] = []
+    for f in active:
+        why = virtual.unwritable(f.rcpt, key=True) or next(
+            (f"target {t}: {w}" for t in f.targets if (w := virtual.unwritable(t))), ""
+        )
+        if why:
+            print(f"fwdctl: {f.rcpt}: not exported: {why}", file=sys.stderr)
+        else:
+            written.append(f)
+    sys.stdout.write(virtual.format_entries(((f.rcpt, f.targets) for f in written), EXPORT_HEADER))
+    return EXIT_OK if len(written) == len(active) else EXIT_REFUSED
+
+
+def _import_plan(
+    cfg: config.Config, text: str, skip_unsupported: bool
+) -> tuple[list[tuple[int, str, tuple[str, ...]]], list[str], list[str]]:
+    """(line, recipient, targets) to import, the bad lines, the skipped ones."""
+    entries, errors = virtual.parse(text)
+    bad = [(e.lineno, e.text) for e in errors]
+    skipped: list[tuple[int, str]] = []
+    plan: list[tuple[int, str, tuple[str, ...]]] = []
+    first: dict[str, int] = {}
+    domains = {d.lower().rstrip(".") for d in cfg.forwarding.domains}
+    for e in entries:
+        unsupported = ""
+        if e.key.startswith("@"):
+            unsupported = (
+                f"{e.key}: a catch-all (@domain) has no place in the forwarding table,"
+                " which forwards addresses one by one"
+            )
+        elif "@" not in e.key:
+            unsupported = (
+                f"{e.key}: a key without @ (a local name, or a virtual alias domain line)"
+                " is no forwarding address"
+            )
+        elif addr.domain_of(e.key) not in domains:
+            unsupported = f"{e.key}: not in forwarding.domains, so the milter never looks it up"
+        elif local := [t for t in e.targets if "@" not in t]:
+            unsupported = (
+                f"{e.key}: target {local[0]} is a local name (no @), which only the MTA"
+                " could resolve"
+            )
+        if unsupported:
+            (skipped if skip_unsupported else bad).append((e.lineno, unsupported))
+            continue
+        try:
+            rcpt = addr.key(table.check_address(e.key, "recipient"))
+            targets = table.check_targets(cfg, rcpt, e.targets)
+        except table.TableError as exc:
+            bad.append((e.lineno, str(exc)))
+            continue
+        if rcpt in first:
+            bad.append((e.lineno, f"{rcpt}: given already on line {first[rcpt]}"))
+            continue
+        first[rcpt] = e.lineno
+        plan.append((e.lineno, rcpt, targets))
+    return (
+        plan,
+        [f"line {n}: {text}" for n, text in sorted(bad)],
+        [f"line {n}: skipped: {text}" for n, text in sorted(skipped)],
+    )
+
+
+def _forward_import(args: argparse.Namespace, cfg: config.Config, store: Store) -> int:
+    name = "standard input" if args.file == "-" else args.file
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{name}: not UTF-8") from None
+    plan, bad, skipped = _import_plan(cfg, text, args.skip_unsupported)
+    for line in skipped:
+        print(f"fwdctl: {name}: {line}", file=sys.stderr)
+    if bad:
+        for line in bad:
+            print(f"fwdctl: {name}: {line}", file=sys.stderr)
+        print(f"fwdctl: {name}: nothing imported: {len(bad)} bad line(s)", file=sys.stderr)
+        return EXIT_REFUSED
+    now = time.time()
+    counts = {"added": 0, "changed": 0, "unchanged": 0}
+    prefix = "dry run: " if args.dry_run else ""
+    for _, rcpt, targets in plan:
+        old = store.get_forward(rcpt)
+        if old is not None and not old.moved_to and old.targets == targets:
+            counts["unchanged"] += 1
+            continue
+        if old is None or old.moved_to:
+            counts["added"] += 1
+            print(f"{prefix}added {rcpt} -> {', '.join(targets)}")
+        else:
+            counts["changed"] += 1
+            before = ", ".join(old.targets) or "(none)"
+            print(f"{prefix}changed {rcpt}: {before} -> {', '.join(targets)}")
+        if args.dry_run:
+            continue
+        new = dataclasses.replace(_base(old, rcpt, now), targets=targets)
+        if new.pending in targets:
+            new = dataclasses.replace(new, pending="", pending_expires=0.0)
+        _put(store, new, old)
+    summary = ", ".join(f"{n} {what}" for what, n in counts.items())
+    print(f"{prefix}{summary}" + (" (nothing was changed)" if args.dry_run else ""))
+    return EXIT_OK
+
+
+_FORWARD_COMMANDS: Final[
+    dict[str, Callable[[argparse.Namespace, config.Config, Store, str], int]]
+] = {
+    "set": _forward_set,
+    "add-target": _forward_add,
+    "remove-target": _forward_remove,
+    "policy": _forward_policy,
+    "trust": _forward_trust,
+    "untrust": _forward_trust,
+    "show": _forward_show,
+    "delete": _forward_delete,
+}
 
 
 def cmd_forward(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -185,79 +572,12 @@ def cmd_forward(args: argparse.Namespace, cfg: config.Config) -> int:
                 for f in forwards:
                     print(_forward_line(f))
             return EXIT_OK
+        if sub == "export":
+            return _forward_export(args, cfg, store)
+        if sub == "import":
+            return _forward_import(args, cfg, store)
         rcpt = addr.key(_check_address(args.rcpt, "recipient"))
-        if sub == "set":
-            target = _check_address(args.target, "target")
-            forwarding_domains = {d.lower() for d in cfg.forwarding.domains}
-            if addr.domain_of(target) in forwarding_domains:
-                # The milter replaces a recipient by its target once, at end
-                # of message; mail for a target that is itself a forwarding
-                # address would reach no table lookup.
-                raise UsageError(
-                    f"target {target} is itself in forwarding.domains: "
-                    "forward to the final address instead"
-                )
-            contact = _check_address(args.contact, "contact") if args.contact else ""
-            if addr.domain_of(rcpt) not in forwarding_domains:
-                print(
-                    f"fwdctl: warning: {rcpt} is not in forwarding.domains; the milter "
-                    "will not look it up until its domain is",
-                    file=sys.stderr,
-                )
-            now = time.time()
-            old = store.get_forward(rcpt)
-            confirm = cfg.forwarding.confirm_targets if args.confirm is None else args.confirm
-            live = old if old is not None and not old.moved_to else None
-            new = Forward(
-                rcpt=rcpt,
-                targets=(target,),
-                contact=contact if args.contact is not None else (old.contact if old else ""),
-                null_sender=args.null_sender or (old.null_sender if old else "forward"),
-                created=old.created if old else now,
-                updated=now,
-            )
-            if confirm and not (live is not None and live.target == target):
-                # The target mail keeps going to until the new one confirms.
-                kept = live.targets if live is not None else ()
-                from fwdmilter import confirm as confirming  # noqa: PLC0415
-
-                pending = confirming.request_target(
-                    store,
-                    cfg,
-                    rcpt,
-                    target,
-                    requested_by="admin",
-                    now=now,
-                    base=dataclasses.replace(new, targets=kept),
-                )
-                print(_forward_line(pending))
-                return EXIT_OK
-            store.put_forward(new)
-            if live is not None and live.pending:
-                store.delete_tokens("confirm", rcpt)
-            print(_forward_line(store.get_forward(rcpt) or Forward(rcpt, (target,))))
-            return EXIT_OK
-        if sub == "show":
-            found = store.get_forward(rcpt)
-            if found is None:
-                print(f"fwdctl: {rcpt}: no such forwarding address", file=sys.stderr)
-                return EXIT_REFUSED
-            if args.json:
-                _print_json(_forward_dict(found))
-            else:
-                print(_forward_line(found))
-                print(f"  created {_when(found.created)}, updated {_when(found.updated)}")
-            return EXIT_OK
-        # delete
-        moved = _check_address(args.moved_to, "moved-to address") if args.moved_to else ""
-        if not store.delete_forward(rcpt, moved, now=time.time()):
-            print(f"fwdctl: {rcpt}: no such forwarding address", file=sys.stderr)
-            return EXIT_REFUSED
-        print(
-            f"{rcpt} deleted"
-            + (f"; mail for it is refused with 551 naming {moved}" if moved else "")
-        )
-        return EXIT_OK
+        return _FORWARD_COMMANDS[sub](args, cfg, store, rcpt)
     finally:
         store.close()
 
@@ -588,6 +908,85 @@ def _held_parser(sub: Any) -> None:
     p_held.set_defaults(func=cmd_held)
 
 
+def _forward_parser(sub: Any) -> None:
+    p_fwd = sub.add_parser("forward", help="the forwarding table")
+    fwd_sub = p_fwd.add_subparsers(
+        dest="forward_command",
+        required=True,
+        metavar="set|add-target|remove-target|policy|trust|untrust|show|list|delete|import|export",
+    )
+
+    def confirm_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--confirm",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="mail a new target a confirmation link; forward to it only once confirmed"
+            " (one new target at a time; default: forwarding.confirm_targets)",
+        )
+
+    null_sender = {
+        "choices": ("forward", "hold"),
+        "help": "what to do with bounces (null sender) for RCPT (default: forward)",
+    }
+    p = fwd_sub.add_parser("set", help="forward RCPT's mail to TARGET (or to several)")
+    p.add_argument("rcpt", metavar="RCPT")
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="the targets, replacing any before")
+    p.add_argument("--contact", metavar="ADDR", help="alternate contact told when mail is held")
+    p.add_argument("--null-sender", **null_sender)
+    confirm_option(p)
+    p = fwd_sub.add_parser("add-target", help="forward RCPT's mail to more targets")
+    p.add_argument("rcpt", metavar="RCPT")
+    p.add_argument("targets", nargs="+", metavar="TARGET")
+    confirm_option(p)
+    p = fwd_sub.add_parser("remove-target", help="stop forwarding RCPT's mail to some targets")
+    p.add_argument("rcpt", metavar="RCPT")
+    p.add_argument("targets", nargs="+", metavar="TARGET")
+    p = fwd_sub.add_parser(
+        "policy", help="RCPT's own SPF actions, sender rewrite and null-sender choice"
+    )
+    p.add_argument("rcpt", metavar="RCPT")
+    for result in SPF_RESULTS:
+        p.add_argument(
+            f"--spf-{result}",
+            choices=("reject", "tempfail", "accept", "inherit"),
+            help=f"the action for SPF {result} (inherit: spf.{result})",
+        )
+    p.add_argument(
+        "--rewrite",
+        choices=("srs", "when-needed", "none", "inherit"),
+        help="the envelope sender of verified mail (U mail is always rewritten;"
+        " inherit: srs.rewrite)",
+    )
+    p.add_argument("--null-sender", **null_sender)
+    for name, text in (
+        ("trust", "let RCPT's mail from FORWARDER skip the sender's SPF verdict"),
+        ("untrust", "stop trusting FORWARDER for RCPT"),
+    ):
+        p = fwd_sub.add_parser(name, help=text)
+        p.add_argument("rcpt", metavar="RCPT")
+        p.add_argument("forwarder", metavar="FORWARDER", help="a network (CIDR) or a domain")
+    p = fwd_sub.add_parser("show", help="one forwarding address and its effective policy")
+    p.add_argument("rcpt", metavar="RCPT")
+    p.add_argument("--json", action="store_true")
+    p = fwd_sub.add_parser("list", help="list every forwarding address")
+    p.add_argument("--json", action="store_true")
+    p = fwd_sub.add_parser("delete", help="stop forwarding RCPT")
+    p.add_argument("rcpt", metavar="RCPT")
+    p.add_argument("--moved-to", metavar="ADDR", help="refuse RCPT's mail with 551 naming ADDR")
+    p = fwd_sub.add_parser("import", help="set targets from a Postfix virtual(5) map")
+    p.add_argument("file", metavar="FILE", help="the map's source text (- for standard input)")
+    p.add_argument("--dry-run", action="store_true", help="say what would change; change nothing")
+    p.add_argument(
+        "--skip-unsupported",
+        action="store_true",
+        help="skip (with a warning) the lines the table cannot hold: catch-alls, local"
+        " names, addresses outside forwarding.domains; without it they refuse the import",
+    )
+    fwd_sub.add_parser("export", help="print the active forwards as a Postfix virtual(5) map")
+    p_fwd.set_defaults(func=cmd_forward)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fwdctl", description="Administer fwdmilter: SRS, forwarding table, held mail."
@@ -616,35 +1015,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("addresses", nargs="*", metavar="ADDR", help="addresses (default: stdin)")
     p_srs.set_defaults(func=cmd_srs)
 
-    p_fwd = sub.add_parser("forward", help="the forwarding table")
-    fwd_sub = p_fwd.add_subparsers(
-        dest="forward_command", required=True, metavar="set|show|list|delete"
-    )
-    p = fwd_sub.add_parser("set", help="forward RCPT's mail to TARGET")
-    p.add_argument("rcpt", metavar="RCPT")
-    p.add_argument("target", metavar="TARGET")
-    p.add_argument("--contact", metavar="ADDR", help="alternate contact told when mail is held")
-    p.add_argument(
-        "--null-sender",
-        choices=("forward", "hold"),
-        help="what to do with bounces (null sender) for RCPT (default: forward)",
-    )
-    p.add_argument(
-        "--confirm",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="mail TARGET a confirmation link; forward to it only once confirmed"
-        " (default: forwarding.confirm_targets)",
-    )
-    p = fwd_sub.add_parser("show", help="show one forwarding address")
-    p.add_argument("rcpt", metavar="RCPT")
-    p.add_argument("--json", action="store_true")
-    p = fwd_sub.add_parser("list", help="list every forwarding address")
-    p.add_argument("--json", action="store_true")
-    p = fwd_sub.add_parser("delete", help="stop forwarding RCPT")
-    p.add_argument("rcpt", metavar="RCPT")
-    p.add_argument("--moved-to", metavar="ADDR", help="refuse RCPT's mail with 551 naming ADDR")
-    p_fwd.set_defaults(func=cmd_forward)
+    _forward_parser(sub)
 
     _held_parser(sub)
 

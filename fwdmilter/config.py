@@ -230,6 +230,9 @@ class ForwardingSettings:
     #: New forwards wait for their target's confirmation (fwdctl forward set
     #: --confirm is the default); the web service always asks for it.
     confirm_targets: bool = False
+    #: The most targets one forwarding address may have (forwardemail's
+    #: default is 10); fwdctl and the web service refuse more.
+    max_targets: int = field(default=10, metadata=_at_least(1, 1000))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,27 @@ what fwdctl (``forward set --confirm``) and the web service (fwdweb) share:
   token and the mail carrying its link, which opens a page; only that page's
   POST acts (mail scanners open links with GET);
 - :func:`answer`: Confirm or Decline, using the token once;
+- :func:`request_of`: who asked, and whether the target replaces the
+  others or joins them;
 - :func:`send_mail`: every mail goes to the MTA at ``mta.submit``.
+
+Several targets, one pending
+----------------------------
+A forward has several targets but at most one pending (the store keeps one):
+a request is for ONE new target, in one of two modes, kept in the
+confirmation token's ``data`` (``"BY"`` or ``"BY add"``):
+
+- ``replace`` (``fwdctl forward set RCPT NEW`` when none of the current
+  targets stays, the web's "New target"): mail keeps going to the current
+  targets until NEW confirms, then NEW is the only target;
+- ``add`` (``fwdctl forward add-target``, ``set`` keeping some current
+  targets, the web's "Add a target"): NEW is appended to the targets the
+  forward has when it confirms (what the admin removed meanwhile stays
+  removed), unless that would pass ``forwarding.max_targets``.
+
+A request for a new target withdraws the one pending before (its link stops
+working). Tokens of the one-target version carry ``data = BY`` alone, which
+reads as ``replace``: their meaning is unchanged.
 
 Nothing here reads the SRS secrets.
 """
@@ -35,10 +55,12 @@ from fwdmilter.submit import submit
 __all__ = [
     "ConfirmError",
     "Outcome",
+    "Mode",
     "answer",
     "digest",
     "mail_from",
     "new_secret",
+    "request_of",
     "request_target",
     "send_mail",
 ]
@@ -46,6 +68,8 @@ __all__ = [
 log = logging.getLogger("fwdweb.audit")
 
 Outcome = Literal["confirmed", "declined", "invalid", "stale"]
+#: What confirming does with the pending target (module docstring).
+Mode = Literal["replace", "add"]
 
 
 class ConfirmError(FwdmilterError):
@@ -104,6 +128,7 @@ def request_target(
     requested_by: str,
     now: float,
     base: Forward | None = None,
+    mode: Mode = "replace",
 ) -> Forward:
     """Make ``target`` the pending target of ``rcpt`` and mail it the link.
 
@@ -111,7 +136,8 @@ def request_target(
     with no target yet). Mail keeps going to the current target until the
     new one is confirmed. An older confirmation link of ``rcpt`` stops
     working. ``requested_by`` says who asked ("admin", "web") for the page
-    and the log. Returns the stored forward.
+    and the log; ``mode`` what confirming does (module docstring). Returns
+    the stored forward.
     """
     if not cfg.web.base_url:
         raise ConfirmError("web.base_url: must be set to mail confirmation links")
@@ -128,16 +154,17 @@ def request_target(
             digest(secret),
             rcpt,
             name=target,
-            data=requested_by,
+            data=requested_by if mode == "replace" else f"{requested_by} {mode}",
             created=now,
             expires=expires,
         )
     )
     store.put_forward(fwd)
     link = f"{cfg.web.base_url.rstrip('/')}/confirm/{secret}"
+    others = "" if mode == "replace" or not fwd.targets else " too"
     body = (
         f"Someone asked the mail forwarder at {cfg.srs.domain} to forward the mail\n"
-        f"for {rcpt} to this address, {target}.\n\n"
+        f"for {rcpt} to this address{others}, {target}.\n\n"
         f"To confirm or decline, open this page and press one of its buttons:\n\n"
         f"    {link}\n\n"
         f"Nothing is forwarded to you until you confirm. The link works once and\n"
@@ -145,21 +172,31 @@ def request_target(
     )
     send_mail(cfg, target, f"Confirm forwarding of {rcpt} to you", body)
     log.info(
-        "event=confirm-requested rcpt=%s pending=%s by=%s expires=%d",
+        "event=confirm-requested rcpt=%s pending=%s by=%s mode=%s expires=%d",
         rcpt,
         target,
         requested_by,
+        mode,
         expires,
     )
     return fwd
 
 
-def answer(store: Store, secret: str, accept: bool, now: float) -> tuple[Outcome, Forward | None]:
+def request_of(token: WebToken) -> tuple[str, Mode]:
+    """Who asked for a confirmation ("admin", "recipient"...) and its mode."""
+    by, _, mode = token.data.partition(" ")
+    return by, "add" if mode == "add" else "replace"
+
+
+def answer(
+    store: Store, secret: str, accept: bool, now: float, *, max_targets: int = 0
+) -> tuple[Outcome, Forward | None]:
     """Confirm (``accept``) or decline the request behind ``secret``.
 
     The token is used up either way. "invalid": no such unexpired token
     (used, expired, never issued); "stale": the forward no longer waits for
-    that target (changed or deleted since).
+    that target (changed or deleted since), or adding it would give the
+    forward more than ``max_targets`` (0: no limit) targets.
     """
     token = store.take_token("confirm", digest(secret), now)
     if token is None:
@@ -169,9 +206,23 @@ def answer(store: Store, secret: str, accept: bool, now: float) -> tuple[Outcome
     if fwd is None or fwd.pending_at(now) != token.name:
         log.info("event=confirm-failed reason=stale rcpt=%s target=%s", token.rcpt, token.name)
         return "stale", fwd
+    _, mode = request_of(token)
     if accept:
+        if mode == "replace":
+            targets: tuple[str, ...] = (token.name,)
+        elif token.name in fwd.targets:
+            targets = fwd.targets
+        else:
+            targets = (*fwd.targets, token.name)
+        if max_targets and len(targets) > max_targets:
+            log.info(
+                "event=confirm-failed reason=too-many-targets rcpt=%s target=%s",
+                token.rcpt,
+                token.name,
+            )
+            return "stale", fwd
         fwd = dataclasses.replace(
-            fwd, targets=(token.name,), pending="", pending_expires=0.0, updated=now
+            fwd, targets=targets, pending="", pending_expires=0.0, updated=now
         )
     else:
         fwd = dataclasses.replace(fwd, pending="", pending_expires=0.0, updated=now)

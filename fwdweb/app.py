@@ -220,7 +220,9 @@ class Web:
                 expires=now + web.signin_minutes * 60,
             )
         )
-        audit.info("event=signin-mailed rcpt=%s target=%s client=%s", rcpt, fwd.target, client)
+        audit.info(
+            "event=signin-mailed rcpt=%s target=%s client=%s", rcpt, ",".join(fwd.targets), client
+        )
         link = f"{self.base_url}/sign-in/{secret}"
         body = (
             f"Someone (from {client}) asked to sign in to the mail forwarder at\n"
@@ -230,13 +232,15 @@ class Web:
             f"The link works once, for {web.signin_minutes:g} minutes. If you did not ask\n"
             f"for it, ignore this mail: nothing changes.\n"
         )
-        return BackgroundTask(self._send, fwd.target, f"Sign in to manage {rcpt}", body)
+        # Every target: whoever reads any of them reads the address's mail.
+        return BackgroundTask(self._send, fwd.targets, f"Sign in to manage {rcpt}", body)
 
-    def _send(self, to: str, subject: str, body: str) -> None:
-        try:
-            confirm.send_mail(self.cfg, to, subject, body)
-        except MTAError as exc:
-            log.error("event=mail-failed to=%s error=%s", to, exc)
+    def _send(self, targets: Sequence[str], subject: str, body: str) -> None:
+        for to in targets:
+            try:
+                confirm.send_mail(self.cfg, to, subject, body)
+            except MTAError as exc:
+                log.error("event=mail-failed to=%s error=%s", to, exc)
 
 
 class RateLimited(Exception):
@@ -362,6 +366,7 @@ def build_routes(web: Web) -> list[Route | Mount]:  # noqa: PLR0915 (closures ov
                 "error": error,
                 "new_token": new_token,
                 "tokens": [{"name": t.name, "created": _when(t.created)} for t in tokens],
+                "max_targets": cfg.forwarding.max_targets,
             },
             status,
         )
@@ -384,16 +389,17 @@ def build_routes(web: Web) -> list[Route | Mount]:  # noqa: PLR0915 (closures ov
         now = web.clock()
         try:
             if action == "update":
-                wanted = ("target", "contact", "null_sender")
+                wanted = ("target", "add_target", "remove_target", "contact", "null_sender")
                 changes: dict[str, Any] = {k: fields[k] for k in wanted if k in fields}
                 new = await run_in_threadpool(
                     records.update, cfg, store, fwd, changes, now=now, client=client
                 )
                 notice = "Saved."
                 if new.pending and new.pending != fwd.pending:
+                    current = ", ".join(new.targets) or "nobody"
                     notice += (
                         f" A confirmation link went to {new.pending}; mail keeps going to"
-                        f" {fwd.target or 'nobody'} until it is confirmed there."
+                        f" {current} until it is confirmed there."
                     )
                 return record_page(request, new, notice=notice)
             if action == "delete":
@@ -457,14 +463,16 @@ def build_routes(web: Web) -> list[Route | Mount]:  # noqa: PLR0915 (closures ov
             fwd = store.get_forward(token.rcpt) if token else None
             if token is None or fwd is None or fwd.pending_at(now) != token.name:
                 return _bad_link(request)
+            by, mode = confirm.request_of(token)
             return web.page(
                 request,
                 "confirm.html",
                 {
                     "rcpt": token.rcpt,
                     "target": token.name,
-                    "by": token.data,
-                    "current": fwd.target,
+                    "by": by,
+                    "mode": mode,
+                    "current": ", ".join(fwd.targets),
                     "expires": _when(token.expires),
                 },
             )
@@ -474,10 +482,14 @@ def build_routes(web: Web) -> list[Route | Mount]:  # noqa: PLR0915 (closures ov
         choice = fields.get("answer", "")
         if choice not in ("confirm", "decline"):
             return web.message(request, "Unknown answer", "Press Confirm or Decline.", 400)
-        outcome, fwd = confirm.answer(store, secret, choice == "confirm", now)
+        outcome, fwd = confirm.answer(
+            store, secret, choice == "confirm", now, max_targets=cfg.forwarding.max_targets
+        )
         if outcome == "confirmed" and fwd is not None:
             return web.message(
-                request, "Confirmed", f"Mail for {fwd.rcpt} is now forwarded to {fwd.target}."
+                request,
+                "Confirmed",
+                f"Mail for {fwd.rcpt} is now forwarded to {', '.join(fwd.targets)}.",
             )
         if outcome == "declined" and fwd is not None:
             return web.message(
@@ -511,7 +523,7 @@ def build_routes(web: Web) -> list[Route | Mount]:  # noqa: PLR0915 (closures ov
         return JSONResponse(
             {
                 "status": "If this address is forwarded here, a sign-in link was mailed to"
-                " its current target."
+                " its current targets."
             },
             status_code=202,
             background=task,

@@ -48,6 +48,7 @@ def document(cfg: Config, version: str) -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "id": {"type": "string"},
+                        "target": {"type": "string"},
                         "state": {"enum": ["H", "R", "N"]},
                         "sender": {"type": "string"},
                         "held_at": {"type": "number"},
@@ -60,7 +61,8 @@ def document(cfg: Config, version: str) -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "address": {"type": "string"},
-                        "target": {"type": "string"},
+                        "target": {"type": "string", "description": "the first target"},
+                        "targets": {"type": "array", "items": {"type": "string"}},
                         "active": {"type": "boolean"},
                         "contact": {"type": "string"},
                         "null_sender": {"enum": ["forward", "hold"]},
@@ -83,8 +85,17 @@ def document(cfg: Config, version: str) -> dict[str, Any]:
                     "properties": {
                         "target": {
                             "type": "string",
-                            "description": "a new target: pending until confirmed from the"
-                            " link mailed to it",
+                            "description": "the one target, instead of all: a new one is"
+                            " pending until confirmed from the link mailed to it",
+                        },
+                        "add_target": {
+                            "type": "string",
+                            "description": "one more target, joining the others once"
+                            f" confirmed (at most {cfg.forwarding.max_targets})",
+                        },
+                        "remove_target": {
+                            "type": "string",
+                            "description": "a target (or the pending one) to drop; never the last",
                         },
                         "contact": {"type": "string"},
                         "null_sender": {"enum": ["forward", "hold"]},
@@ -101,7 +112,7 @@ def document(cfg: Config, version: str) -> dict[str, Any]:
             },
             "/sign-in": {
                 "post": {
-                    "summary": "Mail a sign-in link to the forward's current target",
+                    "summary": "Mail a sign-in link to the forward's current targets",
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -128,7 +139,8 @@ def document(cfg: Config, version: str) -> dict[str, Any]:
                     "responses": {"200": _json(record, "the record"), **denied},
                 },
                 "patch": {
-                    "summary": "Change target (confirmed first), contact or null-sender choice",
+                    "summary": "Change targets (new ones confirmed first), contact or"
+                    " null-sender choice",
                     "security": [{"bearer": []}],
                     "requestBody": {
                         "required": True,

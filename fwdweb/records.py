@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from fwdmilter import addr, confirm
+from fwdmilter import addr, confirm, table
 from fwdmilter.config import Config
 from fwdmilter.store.base import Forward, Store
 
@@ -37,14 +37,19 @@ def check_address(value: object, what: str) -> str:
 
 
 def view(cfg: Config, store: Store, fwd: Forward, now: float) -> dict[str, Any]:
-    """The record as the recipient sees it, held mail of its target included."""
+    """The record as the recipient sees it, held mail of its targets included.
+
+    ``target`` (the first target) is the field of the one-target version;
+    ``targets`` lists them all.
+    """
     retention = cfg.held.retention_days * 86400
     held = []
-    if fwd.target:
-        for e in store.held(target=addr.key(fwd.target)):
+    for target in fwd.targets:
+        for e in store.held(target=addr.key(target)):
             held.append(
                 {
                     "id": e.entry_id,
+                    "target": e.target,
                     "state": e.state,
                     "sender": e.sender,
                     "held_at": e.held_at,
@@ -57,6 +62,7 @@ def view(cfg: Config, store: Store, fwd: Forward, now: float) -> dict[str, Any]:
     return {
         "address": fwd.rcpt,
         "target": fwd.target,
+        "targets": list(fwd.targets),
         "active": fwd.active,
         "contact": fwd.contact,
         "null_sender": fwd.null_sender,
@@ -77,15 +83,29 @@ def update(
     now: float,
     client: str,
 ) -> Forward:
-    """Apply ``changes`` (target, contact, null_sender) to the recipient's
-    record. A new target becomes pending and is mailed a confirmation link;
-    the contact and the null-sender choice change at once."""
-    unknown = set(changes) - {"target", "contact", "null_sender"}
+    """Apply ``changes`` to the recipient's record (docs/web.md, "The record").
+
+    ``target``: the one target mail should go to, instead of all it has: a
+    new one becomes pending (mail keeps going to the current targets until
+    it is confirmed, then goes to it alone); one of the current targets is
+    kept alone at once. ``add_target``: a new target that joins the others
+    once confirmed. ``remove_target``: one of the targets (or the pending
+    one) goes at once; never the last. One new target at a time (the store
+    keeps one pending): ``target`` and ``add_target`` together are refused.
+    ``contact`` and ``null_sender`` change at once.
+    """
+    unknown = set(changes) - {"target", "add_target", "remove_target", "contact", "null_sender"}
     if unknown:
         raise BadRequest("unknown fields: " + ", ".join(sorted(unknown)))
     if fwd.moved_to:
         raise BadRequest("this forwarding address was deleted")
+    wanted = {k: changes.get(k) for k in ("target", "add_target", "remove_target")}
+    wanted = {k: v for k, v in wanted.items() if v not in (None, "")}
+    if "target" in wanted and "add_target" in wanted:
+        raise BadRequest("one new target at a time: give target or add_target, not both")
     new = fwd
+    if "remove_target" in wanted:
+        new = _without(new, wanted["remove_target"])
     if "contact" in changes:
         raw = changes["contact"]
         contact = "" if raw in ("", None) else check_address(raw, "contact")
@@ -96,35 +116,61 @@ def update(
             raise BadRequest("null_sender must be 'forward' or 'hold'")
         new = dataclasses.replace(new, null_sender=choice)
     target = ""
-    if changes.get("target") not in (None, ""):
-        target = check_address(changes["target"], "target")
-        domains = {d.lower() for d in cfg.forwarding.domains}
-        if addr.domain_of(target) in domains or addr.key(target) == fwd.rcpt:
-            raise BadRequest(
-                f"target {target} is itself a forwarding address here: give the final mailbox"
-            )
-        if addr.key(target) == addr.key(fwd.target):
-            # The target it has: nothing to confirm, and a pending change is
-            # withdrawn.
+    mode: confirm.Mode = "add" if "add_target" in wanted else "replace"
+    if "target" in wanted or "add_target" in wanted:
+        field = "target" if mode == "replace" else "add_target"
+        target = _new_target(cfg, fwd.rcpt, wanted[field], field)
+        if target in new.targets:
+            # One it has: nothing to confirm, and a pending change is
+            # withdrawn; "target" keeps it alone.
+            if mode == "replace":
+                new = dataclasses.replace(new, targets=(target,))
+            new = dataclasses.replace(new, pending="", pending_expires=0.0)
             target = ""
-            if fwd.pending:
-                new = dataclasses.replace(new, pending="", pending_expires=0.0)
-                store.delete_tokens("confirm", fwd.rcpt)
+        elif mode == "add" and len(new.targets) + 1 > cfg.forwarding.max_targets:
+            raise BadRequest(f"at most {cfg.forwarding.max_targets} targets: remove one first")
     if new != fwd:
         new = dataclasses.replace(new, updated=now)
         store.put_forward(new)
+        if fwd.pending and not new.pending:
+            store.delete_tokens("confirm", fwd.rcpt)
         log.info(
-            "event=update rcpt=%s contact=%s null_sender=%s client=%s",
+            "event=update rcpt=%s contact=%s null_sender=%s targets=%s client=%s",
             fwd.rcpt,
             new.contact or "-",
             new.null_sender,
+            ",".join(new.targets) or "-",
             client,
         )
     if target:
         new = confirm.request_target(
-            store, cfg, fwd.rcpt, target, requested_by="recipient", now=now, base=new
+            store, cfg, fwd.rcpt, target, requested_by="recipient", now=now, base=new, mode=mode
         )
     return new
+
+
+def _without(fwd: Forward, value: object) -> Forward:
+    """``fwd`` without the target (or the pending one) ``value``; never the last."""
+    gone = addr.key(check_address(value, "remove_target"))
+    if gone == fwd.pending and gone not in fwd.targets:
+        return dataclasses.replace(fwd, pending="", pending_expires=0.0)
+    if gone not in fwd.targets:
+        raise BadRequest(f"{gone} is not one of the targets")
+    if len(fwd.targets) == 1:
+        raise BadRequest(
+            "that is the only target: give another one first, or delete the forwarding"
+        )
+    return dataclasses.replace(fwd, targets=tuple(t for t in fwd.targets if t != gone))
+
+
+def _new_target(cfg: Config, rcpt: str, value: object, field: str) -> str:
+    bare = check_address(value, field)
+    try:
+        return table.check_target(cfg, rcpt, bare)
+    except table.TableError:
+        raise BadRequest(
+            f"target {bare} is itself a forwarding address here: give the final mailbox"
+        ) from None
 
 
 def delete(store: Store, fwd: Forward, moved_to: str, *, now: float, client: str) -> str:
@@ -159,6 +205,7 @@ def capabilities(cfg: Config) -> dict[str, Any]:
             "recipient_requeue": False,
         },
         "targets_confirmed": True,
+        "max_targets": cfg.forwarding.max_targets,
         "confirm_hours": cfg.web.confirm_hours,
-        "sign_in": "a link mailed to the forward's current target",
+        "sign_in": "a link mailed to the forward's current targets",
     }

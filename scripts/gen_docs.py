@@ -140,6 +140,11 @@ MEANINGS: Final[dict[str, str]] = {
         " (`fwdctl forward set --confirm` becomes the default; `--no-confirm` overrides)."
         " Needs `web.base_url` and a running fwdmilter-web ([web.md](web.md))."
     ),
+    "forwarding.max_targets": (
+        "The most targets one forwarding address may have (forwardemail's default is"
+        " 10). `fwdctl forward set`, `add-target` and `import` and the web service refuse"
+        " more; an address that has more (set when the limit was higher) keeps them."
+    ),
     "spf.fail": (
         "What to do with mail whose SPF result is `fail`: `reject` (`550 5.7.23`),"
         " `tempfail` (`451 4.7.24`) or `accept` (the message is U). Given at each RCPT"

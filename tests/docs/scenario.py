@@ -216,6 +216,8 @@ def build(
         (DOC_METRICS, f"127.0.0.1:{metrics_port}"),
         (DOC_HOST, HOST),
         (DOC_DOMAIN, DOMAIN),
+        # The docs show the example's trusted.networks; the sandbox trusts 127.0.0.1 only.
+        ("127.0.0.0/8, ::1/128", "127.0.0.1/32"),
     ]
     subs = Substitutions(table)
     main: dict[str, str | None] = {key: subs.apply(value) for key, value in main_cf().items()}

@@ -217,7 +217,17 @@ def postfix_parameters() -> frozenset[str]:
 
 
 def fwdctl_problem(args: list[str]) -> str | None:
-    """Why fwdctl's own parser refuses ``args`` (the words after fwdctl), or None."""
+    """Why fwdctl's own parser refuses ``args`` (the words after fwdctl), or None.
+
+    Redirections (``> FILE``, ``< FILE``) are the shell's, not fwdctl's.
+    """
+    plain: list[str] = []
+    target = False
+    for word in args:
+        if not target and word not in (">", ">>", "<", ">&"):
+            plain.append(word)
+        target = not target and word in (">", ">>", "<", ">&")
+    args = plain
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):

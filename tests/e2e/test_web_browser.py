@@ -1,7 +1,8 @@
 """A real browser through the recipient's whole flow: headless Chromium
 (Debian's chromium and chromium-driver) driven by Selenium signs in from the
-mailed link, changes the target, confirms it from the mail it gets, and
-deletes the forwarding; the milter then answers 551.
+mailed link, changes the target, confirms it from the mail it gets, adds a
+second target (confirmed the same way) and removes it, and deletes the
+forwarding; the milter then answers 551.
 
 Each page is saved as a screenshot in a temporary folder, or in the folder
 that ``FWDWEB_SCREENSHOTS`` names (``FWDWEB_SCREENSHOTS=docs/web`` renews
@@ -84,6 +85,7 @@ def test_browser_signs_in_changes_target_confirms_and_deletes(
         rcpt = f"bob.{tok}@fwd.example"
         target = f"bob+{tok}@inner.example"
         new = f"carol+{tok}@inner.example"
+        third = f"dave+{tok}@inner.example"
         fm.fwdctl("forward", "set", rcpt, target, "--contact", "bob@mobile.example")
 
         def shot(name: str) -> None:
@@ -135,6 +137,26 @@ def test_browser_signs_in_changes_target_confirms_and_deletes(
         wait_for_text("now forwarded to " + new)
         shot("7-confirmed")
 
+        # A second target: it joins the first once confirmed, then goes again.
+        d.get(web.url("/me"))  # type: ignore[attr-defined]
+        wait_for_text("Where its mail goes")
+        find("#add-target-input").send_keys(third)  # type: ignore[attr-defined]
+        find("#save").click()  # type: ignore[attr-defined]
+        wait_for_text("Waiting for confirmation")
+        link = link_in(body_of(third, "Confirm forwarding"), web.base_url, "/confirm/")
+        d.get(link)  # type: ignore[attr-defined]
+        wait_for_text("too, and will go on doing so")
+        find("#confirm").click()  # type: ignore[attr-defined]
+        wait_for_text(f"now forwarded to {new}, {third}")
+        d.get(web.url("/me"))  # type: ignore[attr-defined]
+        wait_for_text("Where its mail goes")
+        assert find("#target").text == f"{new}, {third}"  # type: ignore[attr-defined]
+        shot("9-two-targets")
+        d.find_element(  # type: ignore[attr-defined]
+            By.XPATH, f"//input[@name='remove_target'][@value='{third}']/following-sibling::button"
+        ).click()
+        wait_for_text("Saved.")
+
         d.get(web.url("/me"))  # type: ignore[attr-defined]
         wait_for_text("Where its mail goes")
         assert find("#target").text == new  # type: ignore[attr-defined]
@@ -146,7 +168,7 @@ def test_browser_signs_in_changes_target_confirms_and_deletes(
 
         t = mail.send_from_outside(border, f"s{tok}@pass.example", [rcpt], "after")
         assert str(t.rcpt(rcpt)) == f"551 5.1.6 User not local; please try <bob@{tok}.example>"
-        assert len(list(shots.glob("*.png"))) >= 8
+        assert len(list(shots.glob("*.png"))) >= 9
     finally:
         web.stop()
         fm.stop()

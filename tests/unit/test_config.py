@@ -151,6 +151,12 @@ def test_web_settings_load_and_check_the_tls_pair() -> None:
     cfg = cfgmod.loads(base + '[web]\nbase_url = "https://fwd.example"\nconfirm_hours = 1\n')
     assert cfg.web.base_url == "https://fwd.example" and cfg.web.confirm_hours == 1.0
     assert cfg.forwarding.confirm_targets is False
+    assert cfg.forwarding.max_targets == 10
+    cfg = cfgmod.loads(base + "[forwarding]\nmax_targets = 1000\n")
+    assert cfg.forwarding.max_targets == 1000
+    for bad in (0, 1001):
+        with pytest.raises(cfgmod.ConfigError, match=r"^forwarding\.max_targets: must be from 1"):
+            cfgmod.loads(base + f"[forwarding]\nmax_targets = {bad}\n")
     with pytest.raises(cfgmod.ConfigError, match=r"^web\.tls_cert_file: needs web\.tls_key_file"):
         cfgmod.loads(base + '[web]\ntls_cert_file = "/etc/ssl/c.pem"\n')
     with pytest.raises(cfgmod.ConfigError, match=r"^web\.base_url: must be an http"):

@@ -16,8 +16,8 @@ afterwards. Placeholders in the files:
 ``[forward]`` may give ``target``: the case's target as the admin types it;
 and the recipient's own policy: ``spf_actions`` (a table, SPF result to
 action), ``rewrite`` ("srs", "when-needed", "none") and ``trusted`` (a list
-of networks and domains), written to the store as ``fwdctl forward policy``
-and ``forward trust`` would.
+of networks and domains), set with ``fwdctl forward policy`` and
+``fwdctl forward trust`` as an admin would.
 A step may check the message the sink got (``delivered``): ``sender_kept``
 (true: its envelope sender is the step's ``from``; false: an SRS address)
 and ``headers`` (a table: a text each header named must contain).
@@ -36,15 +36,13 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fwdmilter import replies
-from fwdmilter.config import StoreSettings
-from fwdmilter.store import open_store
 from tests.harness.fwdmilter_proc import FwdMilter
 from tests.harness.mail_fixtures import OUTSIDE, BorderFactory, MailWorld, SendmailFactory
 from tests.harness.postfix import RuntimeDir
@@ -140,21 +138,14 @@ def _check_replies(t: Transcript, expect: list[str], where: str) -> None:
 
 
 def _set_policy(site: Site, rcpt: str, given: dict[str, Any]) -> None:
-    """The recipient's own policy, written to the milter's store."""
-    store = open_store(StoreSettings(url=site.fm.settings["store"]["url"]), instance="scenario")
-    try:
-        fwd = store.get_forward(rcpt)
-        assert fwd is not None, rcpt
-        store.put_forward(
-            replace(
-                fwd,
-                spf_actions=tuple(sorted(given.get("spf_actions", {}).items())),
-                rewrite=given.get("rewrite", ""),
-                trusted=tuple(given.get("trusted", ())),
-            )
-        )
-    finally:
-        store.close()
+    """The recipient's own policy, set as the admin sets it."""
+    args = [f"--spf-{result}={action}" for result, action in given.get("spf_actions", {}).items()]
+    if "rewrite" in given:
+        args.append(f"--rewrite={given['rewrite']}")
+    if args:
+        site.fm.fwdctl("forward", "policy", rcpt, *args)
+    for forwarder in given.get("trusted", ()):
+        site.fm.fwdctl("forward", "trust", rcpt, forwarder)
 
 
 def _run(site: Site, case: dict[str, Any]) -> None:

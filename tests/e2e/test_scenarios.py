@@ -13,7 +13,14 @@ afterwards. Placeholders in the files:
 ``{srs}``           the SRS sender the forwarded message reached the sink with
                     (set by the first step that has ``delivered``)
 
-``[forward]`` may give ``target``: the case's target as the admin types it.
+``[forward]`` may give ``target``: the case's target as the admin types it;
+and the recipient's own policy: ``spf_actions`` (a table, SPF result to
+action), ``rewrite`` ("srs", "when-needed", "none") and ``trusted`` (a list
+of networks and domains), set with ``fwdctl forward policy`` and
+``fwdctl forward trust`` as an admin would.
+A step may check the message the sink got (``delivered``): ``sender_kept``
+(true: its envelope sender is the step's ``from``; false: an SRS address)
+and ``headers`` (a table: a text each header named must contain).
 ``[result]`` may say: ``held`` (entries for the case's targets), ``log`` (a
 regular expression a decision line with the token matches), ``delivered`` /
 ``not_delivered`` (an address the sink did / did not get mail for), and
@@ -114,7 +121,9 @@ def _matches(reply: Reply, expected: str) -> bool:
     if expected.isdigit():
         return reply.code == int(expected)
     named = getattr(replies, expected)
-    return str(reply).startswith(str(named))
+    # Its start (an SPF refusal adds the domain's explanation); Sendmail may
+    # put the address before the text at RCPT.
+    return reply.said(named, completed=True)
 
 
 def _check_replies(t: Transcript, expect: list[str], where: str) -> None:
@@ -126,6 +135,17 @@ def _check_replies(t: Transcript, expect: list[str], where: str) -> None:
         assert _matches(t.data, rest[0]), f"{where}: data: {t.data}, expected {rest[0]}\n{t}"
     elif any(r.ok for _, r in t.rcpts):
         assert t.accepted, f"{where}: the data was not accepted\n{t}"
+
+
+def _set_policy(site: Site, rcpt: str, given: dict[str, Any]) -> None:
+    """The recipient's own policy, set as the admin sets it."""
+    args = [f"--spf-{result}={action}" for result, action in given.get("spf_actions", {}).items()]
+    if "rewrite" in given:
+        args.append(f"--rewrite={given['rewrite']}")
+    if args:
+        site.fm.fwdctl("forward", "policy", rcpt, *args)
+    for forwarder in given.get("trusted", ()):
+        site.fm.fwdctl("forward", "trust", rcpt, forwarder)
 
 
 def _run(site: Site, case: dict[str, Any]) -> None:
@@ -142,20 +162,35 @@ def _run(site: Site, case: dict[str, Any]) -> None:
     typed = _fill(case.get("forward", {}).get("target", names["target"]), names)
     site.fm.fwdctl("forward", "set", names["rcpt"], typed)
     site.fm.fwdctl("forward", "set", names["other_rcpt"], names["other_target"])
+    given = case.get("forward", {})
+    if any(k in given for k in ("spf_actions", "rewrite", "trusted")):
+        _set_policy(site, names["rcpt"], given)
     for n, step in enumerate(case["step"], 1):
         where = f"step {n}"
         sender = _fill(step["from"], names)
         to = [_fill(a, names) for a in step["to"]]
+        subject = f"{tok} step {n}"
         if "message" in step:
             message: bytes = _fill((BOUNCES / step["message"]).read_text(), names).encode()
         else:
-            message = make_message(sender or "MAILER-DAEMON@pass.example", to[0], subject=tok)
+            message = make_message(sender or "MAILER-DAEMON@pass.example", to[0], subject=subject)
         domain = sender.rpartition("@")[2] if sender else "inner.example"
         t = site.mail.send(site.mta, sender, to, message, source_ip=OUTSIDE, helo=f"helo.{domain}")
         _check_replies(t, [_fill(e, names) for e in step["expect"]], where)
         if "delivered" in step:
-            got = site.mail.wait_for(_fill(step["delivered"], names), match=lambda m: True)
+            # A plain message is told by its subject (a case may send several).
+            def fits(m: Any, subject: str = subject, plain: bool = "message" not in step) -> bool:
+                return not plain or m.email["Subject"] == subject
+
+            got = site.mail.wait_for(_fill(step["delivered"], names), match=fits)
             names.setdefault("srs", got.mail_from)
+            if "sender_kept" in step:
+                kept = got.mail_from == sender
+                assert kept is step["sender_kept"], f"{where}: sent with <{got.mail_from}>"
+                assert kept or got.mail_from.startswith("SRS0="), f"{where}: <{got.mail_from}>"
+            for header, text in step.get("headers", {}).items():
+                value = str(got.email[header])
+                assert _fill(text, names) in value, f"{where}: {header}: {value}"
     result = case.get("result", {})
     if "srs_local_max" in result:
         local = names["srs"].rpartition("@")[0]

@@ -10,7 +10,7 @@ Postfix relaying to smtp-sink, fwdmilter on its SQLite store, the harness's
 DNS server) with ``metrics.listen`` on; a private Prometheus (Debian's
 ``prometheus``) scrapes it every 2 s. For ``--seconds`` the load goes in
 waves: batches of forwarded mail from ``bench@pass.example`` (SPF pass),
-mail from ``fail.example`` (SPF fail: 550 at MAIL FROM) and, in the middle
+mail from ``fail.example`` (SPF fail: 550 at RCPT TO) and, in the middle
 third, some from ``slow.example``, whose DNS never answers (SPF temperror
 after ``dns.timeout``: 451). Every few seconds, too: null-sender mail to a
 forged SRS address (refused at RCPT) and, more rarely, to a real one

@@ -671,7 +671,10 @@ def check_mix(got: Sequence[Delivered], batch: Batch) -> list[str]:
     wrong: dict[str, int] = {}
     for m, o in zip(batch.plan, batch.outcomes, strict=True):
         refused = spf_milter and m.kind == "fail"
-        ok = (o.code == 550 and o.stage == "mail") if refused else o.code == 250
+        # pyspf-milter refuses at MAIL; fwdmilter gives the SPF verdict at
+        # RCPT TO, per recipient (a recipient may have its own action).
+        stage = "rcpt" if fwd else "mail"
+        ok = (o.code == 550 and o.stage == stage) if refused else o.code == 250
         # fwdmilter defers U mail to a target that has held bounces (451 at
         # RCPT, until the target releases them): the mix's held bounces do that.
         ok = ok or (fwd and m.kind == "unverified" and o.code == 451 and o.stage == "rcpt")

@@ -12,8 +12,9 @@ pass       a sender of a domain whose SPF passes 127.0.0.0/8: forwarded,
            state B
 unverified a sender of a domain with softfail, neutral or no SPF record:
            forwarded, state U
-fail       a sender of a domain whose SPF fails: refused at MAIL by the
-           SPF milters (550), accepted with no milter
+fail       a sender of a domain whose SPF fails: refused (550) by the SPF
+           milters, at MAIL by pyspf-milter, at RCPT by fwdmilter (the
+           verdict is per recipient); accepted with no milter
 bounce     a null-sender DSN to the SRS0 address of an earlier forwarded
            message from a passing domain: fwdmilter sends it back to the
            original sender (delivered)

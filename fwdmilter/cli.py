@@ -826,6 +826,7 @@ def cmd_explain(args: argparse.Namespace, cfg: config.Config) -> int:
             sender=sender,
             rcpts=rcpts,
             auth_user=args.auth or "",
+            outbound_ips=cfg.srs.outbound_ips,
         )
     finally:
         store.close()

@@ -69,6 +69,7 @@ TEMPFAIL: Final[int] = int(Milter.TEMPFAIL)
 DISCARD: Final[int] = int(Milter.DISCARD)
 
 _MAX_HEADER_BYTES: Final = 256 * 1024
+_SRS_REFUSALS: Final = (replies.SRS_FORGED, replies.SRS_EXPIRED, replies.SRS_MALFORMED)
 _ID_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz234567"
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -161,6 +162,9 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         self._local = False
         self._trusted = False
         self._in_transaction = False
+        # Per connection: the recipients' trusted forwarder domains checked,
+        # (domain, HELO name) -> SPF result (SPFChecker.forwarder).
+        self._forwarder_results: dict[tuple[str, str], str] = {}
         self._reset()
         if server is not None:
             server.connection_opened()
@@ -181,6 +185,7 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._spoiled = False
+        self._permits: bool | None = None
 
     def _begin_transaction(self) -> None:
         if not self._in_transaction and self._server is not None:
@@ -338,17 +343,26 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
             )
             rt.metrics.decision("rcpt", "reject")
             return self._reply(replies.BAD_RECIPIENT)
-        kind = policy.classify_rcpt(rt.settings, bare)
+        s = rt.settings
+        kind = policy.classify_rcpt(s, bare)
         if kind is policy.RcptKind.SRS:
-            decision = policy.decide_rcpt_srs(rt.settings, to, bare, params, time.time())
-            rt.metrics.srs("reverse" if decision.reply is None else "refused")
+            decision = policy.decide_rcpt_srs(s, to, bare, params, time.time(), mail)
+            if decision.srs is not None:
+                rt.metrics.srs("reverse")
+            elif decision.reply in _SRS_REFUSALS:
+                rt.metrics.srs("refused")
         elif kind is policy.RcptKind.FORWARDING:
             info = self._rcpt_info(bare)
+            fwd = info.forward
+            trust: policy.Trust | None = None
+            if fwd is not None and fwd.trusted and policy.rcpt_spf(s, mail, fwd)[0] is not None:
+                trust = self._trust(fwd.trusted)
+            permits = policy.needs_sender_permits(s, mail, fwd) and self._sender_permits_us(mail)
             decision = policy.decide_rcpt_forwarding(
-                rt.settings, to, info, mail, params, now=time.time()
+                s, to, info, mail, params, now=time.time(), trust=trust, sender_permits_us=permits
             )
         else:
-            decision = policy.RcptDecision(to, "pass", params=tuple(params))
+            decision = policy.decide_rcpt_other(s, to, mail, params)
         if decision.reply is None:
             decision = policy.decide_rcpt_split(self._rcpts, decision)
         if decision.reply is not None:
@@ -357,10 +371,21 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
             self._log_decision("rcpt", action, rcpt=bare, reply=decision.reply)
             rt.metrics.decision("rcpt", action)
             return self._reply(decision.reply)
+        if decision.spf_note:
+            # Mail the global SPF action refuses, let in for this recipient.
+            self._log_decision("rcpt", "accept", rcpt=bare, extra={"note": decision.spf_note})
         self._rcpts.append(decision)
         if decision.action == "reverse":
             self._collect = True  # the mail is classified at end of message
         return CONTINUE
+
+    def _trust(self, entries: tuple[str, ...]) -> policy.Trust:
+        """Which of a recipient's trusted forwarders the client is (DNS for
+        the domains among them, kept for the connection)."""
+        started = time.monotonic()
+        trust = self.rt.spf.trust(entries, self._client_ip, self._helo, self._forwarder_results)
+        self.rt.metrics.dns_latency(time.monotonic() - started)
+        return trust
 
     def _rcpt_info(self, bare: str) -> RcptInfo:
         started = time.monotonic()
@@ -439,7 +464,9 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
             own_auth_results=tuple(self._own_ar),
             records=records,
             bounce=bounce,
-            sender_permits_us=self._sender_permits_us(mail),
+            # Decided per recipient at RCPT TO (sender_rewrite); this is
+            # what RCPT found, for decisions that leave it to the global rule.
+            sender_permits_us=bool(self._permits),
         )
         decision = policy.decide_eom(rt.settings, tx)
         alerts = self._write_store(decision, now)
@@ -456,14 +483,17 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         return rc
 
     def _sender_permits_us(self, mail: policy.MailDecision) -> bool:
-        s = self.rt.settings
-        if s.rewrite != "when-needed" or not mail.srs_sender:
-            return False
-        if not any(r.action in ("forward", "reverse") for r in self._rcpts):
-            return False
-        domain = addr.domain_of(mail.sender)
-        ips = self.rt.cfg.srs.outbound_ips
-        return bool(ips) and all(self.rt.spf.permits(ip, domain) for ip in ips)
+        """True if the sender's SPF passes every one of srs.outbound_ips
+        ("when-needed" rewriting); False without them. Once per transaction."""
+        if self._permits is None:
+            domain = addr.domain_of(mail.sender)
+            ips = self.rt.cfg.srs.outbound_ips
+            self._permits = (
+                bool(ips)
+                and bool(mail.srs_sender)
+                and all(self.rt.spf.permits(ip, domain) for ip in ips)
+            )
+        return self._permits
 
     def _write_store(self, d: policy.EomDecision, now: float) -> list[HeldEntry]:
         """Store writes come before any change to the message: if they fail,

@@ -5,10 +5,13 @@ Nothing here touches a socket, a file or the clock; the milter shell
 queue id, the time), calls these functions in transaction order, and applies
 what they return. A transaction runs through four steps::
 
-    decide_mail      MAIL FROM: SPF result -> reply or continue; the state
-                     the message will have (B or U) and its SRS sender
+    decide_mail      MAIL FROM: the SPF result -> the state the message
+                     will have (B or U) and its SRS sender (a reply only for
+                     a sender nothing could store)
     classify_rcpt    RCPT TO: which lookups the recipient needs
-    decide_rcpt_*    RCPT TO: the lookup's result -> reply or continue
+    decide_rcpt_*    RCPT TO: the SPF verdict for this recipient (its own
+                     action, its trusted forwarders, or the global action),
+                     then the lookup's result -> reply or continue
     decide_rcpt_split  RCPT TO: a recipient whose copy needs another outcome
                      than the accepted ones -> 452 4.5.3 (a new transaction)
     decide_eom       end of message: the envelope and header changes, and
@@ -20,6 +23,13 @@ U otherwise. What mail to an SRS address does is the state machine's
 (:mod:`fwdmilter.machine`): a failure of a B message goes to its sender, a
 failure of a U or R message, or of one we have no record of, is held, never
 sent to the unverified sender; what is not a failure holds nothing.
+
+The SPF verdict is enforced at RCPT TO, per recipient, as Postfix's own
+``smtpd_delay_reject = yes`` does: a forwarding address may have its own
+action for a result (``Forward.spf_actions``) and its own trusted
+forwarders (``Forward.trusted``), which are known only once the recipient
+is. SRS and other recipients get the global action (``[spf]``). The codes
+and texts are those that MAIL FROM gave before (``replies.SPF_*``).
 """
 
 from __future__ import annotations
@@ -67,6 +77,19 @@ __all__ = [
     "classify_rcpt",
     "decide_rcpt_srs",
     "decide_rcpt_forwarding",
+    "decide_rcpt_other",
+    "spf_refusal",
+    "spf_action",
+    "rcpt_spf",
+    "Trust",
+    "match_forwarder",
+    "forwarder_domain",
+    "forwarder_domains",
+    "helo_within",
+    "rewrite_choice",
+    "needs_sender_permits",
+    "sender_rewrite",
+    "auth_results_value",
     "RcptGroup",
     "rcpt_group",
     "decide_rcpt_split",
@@ -185,25 +208,17 @@ def decide_mail(
     client_ip: str = "",
     now: float,
 ) -> MailDecision:
-    """MAIL FROM: act on the SPF outcome; work out the message's state.
+    """MAIL FROM: work out the message's state from the SPF outcome.
 
     ``spf`` is None when the check was skipped (trusted or authenticated
-    client). ``sender`` is bare ("" for the null sender).
+    client). ``sender`` is bare ("" for the null sender). The SPF verdict
+    is not given here: each RCPT TO applies it for its recipient
+    (:func:`rcpt_spf`), so that a recipient's own action or trusted
+    forwarder can count. Mail whose SPF result is refused for every
+    recipient gets its SRS sender too; it is never used.
     """
     null = sender == ""
     auth = _auth_results(s, spf, sender, helo, auth_user, client_ip)
-    if spf is not None:
-        action = s.spf_actions.get(spf.result, "accept") if spf.result != "pass" else "accept"
-        if action in ("reject", "tempfail"):
-            base = _SPF_REPLIES[spf.result]
-            if action == "tempfail" and base.permanent:
-                base = replies.SPF_TEMPERROR.with_text(base.text + "; try again later")
-            elif action == "reject" and not base.permanent:
-                base = replies.SPF_PERMERROR.with_text(base.text.replace("; try again later", ""))
-            text = base.text
-            who = f"{spf.domain}" if spf.domain else "the sender"
-            text = f"{text} ({who}: {spf.explanation})" if spf.explanation else text
-            return MailDecision(base.with_text(text), "U", sender, None, auth, spf)
     verified = not null and (bool(auth_user) or (spf is not None and spf.result == "pass"))
     state: State = "B" if verified else "U"
     srs_sender: str | None = None
@@ -220,6 +235,143 @@ def decide_mail(
             srs_sender = s.srs.forward(f"{alias_key(sender)}@{ALIAS_HOST}", now=now)
             short = True
     return MailDecision(None, state, sender, srs_sender, auth, spf, short)
+
+
+def spf_refusal(spf: SPFOutcome, action: str) -> Reply | None:
+    """The reply for ``action`` ("reject", "tempfail", "accept") on ``spf``'s
+    result: 550 5.7.23/5.7.24 or 451 4.7.24 (RFC 7372 section 3.2) with the
+    domain's explanation, or None to accept."""
+    if spf.result == "pass" or action not in ("reject", "tempfail"):
+        return None
+    base = _SPF_REPLIES.get(spf.result, replies.SPF_PERMERROR)
+    if action == "tempfail" and base.permanent:
+        base = replies.SPF_TEMPERROR.with_text(base.text + "; try again later")
+    elif action == "reject" and not base.permanent:
+        base = replies.SPF_PERMERROR.with_text(base.text.replace("; try again later", ""))
+    text = base.text
+    who = f"{spf.domain}" if spf.domain else "the sender"
+    text = f"{text} ({who}: {spf.explanation})" if spf.explanation else text
+    return base.with_text(text)
+
+
+# -- RCPT TO: the SPF verdict per recipient ----------------------------------------
+
+ActionSource = Literal["recipient", "global"]
+
+
+def spf_action(s: Settings, spf: SPFOutcome, forward: Forward | None) -> tuple[str, ActionSource]:
+    """The action for ``spf``'s result and where it comes from: the
+    recipient's own (``Forward.spf_actions``) or the global ``[spf]`` one.
+    "pass" is always accepted."""
+    if spf.result == "pass":
+        return "accept", "global"
+    own = forward.spf_action(spf.result) if forward is not None else ""
+    if own:
+        return own, "recipient"
+    return s.spf_actions.get(spf.result, "accept"), "global"
+
+
+def _forwarder_network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(entry.strip(), strict=False)
+    except ValueError:
+        return None
+
+
+def forwarder_domain(entry: str) -> str:
+    """A trusted forwarder entry that is a domain, in the form checked
+    (lower case, no final dot); "" for a network."""
+    if _forwarder_network(entry) is not None:
+        return ""
+    return entry.strip().lower().rstrip(".")
+
+
+def forwarder_domains(entries: Iterable[str]) -> tuple[str, ...]:
+    """The domains among a recipient's trusted forwarders, in order: the
+    ones the shell must check through DNS (:func:`match_forwarder`)."""
+    out: list[str] = []
+    for entry in entries:
+        domain = forwarder_domain(entry)
+        if domain and domain not in out:
+            out.append(domain)
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """Whether the client is one of a recipient's trusted forwarders.
+
+    ``entry`` is the first entry of ``Forward.trusted`` the client matched
+    ("" for none); ``unsure`` is True when no entry matched but a domain's
+    check could not be completed (DNS temperror): the client may be that
+    forwarder, so a refusal must be temporary.
+    """
+
+    entry: str = ""
+    unsure: bool = False
+
+
+def match_forwarder(
+    entries: Iterable[str], client_ip: str, domain_results: Mapping[str, str]
+) -> Trust:
+    """Which trusted forwarder entry the client at ``client_ip`` is.
+
+    A network matches the client address as :func:`is_trusted` does; a
+    domain matches when ``domain_results`` (from the shell: the SPF result
+    of check_host(client, domain) with the identity postmaster@domain, or
+    of the HELO identity when the HELO name is that domain or under it, RFC
+    7208 section 2.4; "pass" if either passes) says "pass". A domain
+    missing from ``domain_results`` was not checked and does not match.
+    """
+    unsure = False
+    for entry in entries:
+        net = _forwarder_network(entry)
+        if net is not None:
+            if is_trusted(client_ip, (net,)):
+                return Trust(entry)
+            continue
+        result = domain_results.get(forwarder_domain(entry), "")
+        if result == "pass":
+            return Trust(entry)
+        unsure = unsure or result == "temperror"
+    return Trust(unsure=unsure)
+
+
+def helo_within(helo: str, domain: str) -> bool:
+    """True if the HELO name is ``domain`` or a name under it."""
+    name = helo.strip().lower().rstrip(".")
+    domain = domain.lower().rstrip(".")
+    return bool(domain) and (name == domain or name.endswith("." + domain))
+
+
+def rcpt_spf(
+    s: Settings, mail: MailDecision, forward: Forward | None, trust: Trust | None = None
+) -> tuple[Reply | None, str]:
+    """The SPF verdict for one recipient: (refusal or None, note).
+
+    The recipient's own action for the result, else the global one; none
+    at all when the client is one of the recipient's trusted forwarders
+    (``trust``, from :func:`match_forwarder`). ``note`` says why a result
+    that the global action refuses was let in for this recipient, for the
+    Authentication-Results comment (RFC 8601 section 2.3); "" otherwise.
+    A refusal while a trusted forwarder's check could not complete is the
+    temporary SPF_TEMPERROR: with DNS back, the forwarder may be known.
+    """
+    spf = mail.spf
+    if spf is None or spf.result == "pass":
+        return None, ""
+    action, source = spf_action(s, spf, forward)
+    refusal = spf_refusal(spf, action)
+    rcpt = forward.rcpt if forward is not None else ""
+    if refusal is not None:
+        if trust is not None and trust.entry:
+            return None, f"not enforced for {rcpt}: trusted forwarder {trust.entry}"
+        if trust is not None and trust.unsure and refusal.permanent:
+            return replies.SPF_TEMPERROR, ""
+        return refusal, ""
+    if source == "recipient" and spf_refusal(spf, s.spf_actions.get(spf.result, "accept")):
+        return None, f"not enforced for {rcpt}: the recipient accepts spf={spf.result}"
+    return None, ""
 
 
 # -- RCPT TO -------------------------------------------------------------------
@@ -250,6 +402,12 @@ class RcptDecision:
     ``action``: "forward" (replace by every target of the forward), "reverse"
     (replace by the SRS address's reversal), "hold" (null-sender mail this
     recipient wants held), "pass" (not ours: leave it), "refuse" (``reply``).
+
+    ``sender_rewrite`` is the envelope sender a forwarded copy needs: "srs"
+    (the SRS sender), "keep" (the sender as it came), or "" (not decided
+    here: end of message applies the global srs.rewrite). ``spf_note``
+    says why this recipient took mail whose SPF result the global action
+    refuses (its trusted forwarder, its own action).
     """
 
     rcpt: str  # as the client gave it (for delrcpt)
@@ -258,16 +416,39 @@ class RcptDecision:
     forward: Forward | None = None
     srs: SRSAddress | None = None
     params: tuple[str, ...] = ()
+    sender_rewrite: Literal["", "srs", "keep"] = ""
+    spf_note: str = ""
+
+
+def decide_rcpt_other(
+    s: Settings, rcpt: str, mail: MailDecision, params: Sequence[str] = ()
+) -> RcptDecision:
+    """A recipient that is not ours to decide: passed untouched, once the
+    global SPF verdict lets the mail in."""
+    refusal, _ = rcpt_spf(s, mail, None)
+    if refusal is not None:
+        return RcptDecision(rcpt, "refuse", refusal)
+    return RcptDecision(rcpt, "pass", params=tuple(params))
 
 
 def decide_rcpt_srs(
-    s: Settings, rcpt: str, bare: str, params: Sequence[str], now: float
+    s: Settings,
+    rcpt: str,
+    bare: str,
+    params: Sequence[str],
+    now: float,
+    mail: MailDecision | None = None,
 ) -> RcptDecision:
     """A recipient at our SRS domain: only a valid, unexpired tag is accepted.
 
     A forged or expired one is refused now, never accepted and bounced
-    later: the forwarder is not an open bounce relay.
+    later: the forwarder is not an open bounce relay. With ``mail``, the
+    global SPF verdict comes first.
     """
+    if mail is not None:
+        refusal, _ = rcpt_spf(s, mail, None)
+        if refusal is not None:
+            return RcptDecision(rcpt, "refuse", refusal)
     try:
         parsed = s.srs.parse(bare, now=now)
     except BadHash:
@@ -286,11 +467,23 @@ def decide_rcpt_forwarding(
     mail: MailDecision,
     params: Sequence[str],
     now: float | None = None,
+    *,
+    trust: Trust | None = None,
+    sender_permits_us: bool = False,
 ) -> RcptDecision:
     """A recipient in a forwarding domain, with its table entry and its
     target's held count. ``now`` decides whether a pending target has
-    expired (None: a pending target counts whatever its age)."""
+    expired (None: a pending target counts whatever its age).
+
+    The SPF verdict comes first: the recipient's own action or the global
+    one, none if the client is one of its trusted forwarders (``trust``,
+    from :func:`match_forwarder`). ``sender_permits_us`` (the sender's SPF
+    already passes this host's outbound addresses) is needed only where
+    :func:`needs_sender_permits` says so."""
     fwd = info.forward
+    refusal, note = rcpt_spf(s, mail, fwd, trust)
+    if refusal is not None:
+        return RcptDecision(rcpt, "refuse", refusal, forward=fwd)
     if fwd is None:
         return RcptDecision(rcpt, "refuse", replies.UNKNOWN_RECIPIENT)
     if fwd.moved_to:
@@ -308,10 +501,63 @@ def decide_rcpt_forwarding(
             return RcptDecision(rcpt, "refuse", replies.TARGET_UNCONFIRMED, forward=fwd)
         return RcptDecision(rcpt, "refuse", replies.UNKNOWN_RECIPIENT, forward=fwd)
     if mail.sender == "" and fwd.null_sender == "hold":
-        return RcptDecision(rcpt, "hold", forward=fwd, params=tuple(params))
+        return RcptDecision(rcpt, "hold", forward=fwd, params=tuple(params), spf_note=note)
     if mail.state == "U" and info.held > 0:
         return RcptDecision(rcpt, "refuse", replies.TARGET_HELD, forward=fwd)
-    return RcptDecision(rcpt, "forward", forward=fwd, params=tuple(params))
+    return RcptDecision(
+        rcpt,
+        "forward",
+        forward=fwd,
+        params=tuple(params),
+        sender_rewrite=sender_rewrite(s, mail, fwd, sender_permits_us),
+        spf_note=note,
+    )
+
+
+# -- RCPT TO: the envelope sender per recipient --------------------------------------
+
+RewriteChoice = Literal["srs", "when-needed", "none"]
+
+
+def rewrite_choice(s: Settings, forward: Forward | None) -> tuple[RewriteChoice, ActionSource]:
+    """A recipient's sender rewrite and where it comes from: its own
+    (``Forward.rewrite``) or the global srs.rewrite ("always" is "srs")."""
+    own = forward.rewrite if forward is not None else ""
+    if own in ("srs", "when-needed", "none"):
+        return own, "recipient"
+    return ("when-needed" if s.rewrite == "when-needed" else "srs"), "global"
+
+
+def needs_sender_permits(s: Settings, mail: MailDecision, forward: Forward | None) -> bool:
+    """True if the recipient's envelope sender depends on whether the
+    sender's SPF passes this host's outbound addresses (a DNS check the
+    shell makes once per transaction)."""
+    if mail.state != "B" or not mail.srs_sender:
+        return False
+    return rewrite_choice(s, forward)[0] == "when-needed"
+
+
+def sender_rewrite(
+    s: Settings, mail: MailDecision, forward: Forward | None, sender_permits_us: bool = False
+) -> Literal["srs", "keep"]:
+    """The envelope sender a recipient's forwarded copy goes out with.
+
+    U mail is always rewritten, whatever the recipient chose: its bounce
+    must come back here to be held, never reach an unverified sender.
+    Verified (B) mail: "srs" rewrites; "none" keeps the sender (for targets
+    that whitelisted this forwarder); "when-needed" keeps it when its SPF
+    already permits our outbound addresses (without srs.outbound_ips the
+    shell cannot know, and it is rewritten). Null senders and our own
+    domains' senders have nothing to rewrite: "keep".
+    """
+    if not mail.srs_sender:
+        return "keep"
+    if mail.state != "B":
+        return "srs"
+    choice = rewrite_choice(s, forward)[0]
+    if choice == "none" or (choice == "when-needed" and sender_permits_us):
+        return "keep"
+    return "srs"
 
 
 # -- RCPT TO: one outcome per transaction ------------------------------------------
@@ -335,17 +581,31 @@ def decide_rcpt_split(accepted: Sequence[RcptDecision], decision: RcptDecision) 
     """Never let one recipient's outcome take another's copy: the message is
     quarantined, discarded or refused as a whole, so a transaction carries
     recipients of one group only, and a bounce to an SRS address travels
-    alone. A recipient that does not fit is answered 452 4.5.3: RFC 5321
+    alone; forwarded copies share one envelope sender (a recipient that
+    keeps the sender does not travel with one whose copy is rewritten).
+    A recipient that does not fit is answered 452 4.5.3: RFC 5321
     section 3.5.3 has the client deliver the accepted recipients and send
     this one in a new transaction."""
     if not accepted:
         return decision
     group = rcpt_group(decision)
-    if group == "bounce" or group != rcpt_group(accepted[0]):
+    if group == "bounce" or group != rcpt_group(accepted[0]) or _other_sender(accepted, decision):
         return RcptDecision(
             decision.rcpt, "refuse", replies.SPLIT_TRANSACTION, forward=decision.forward
         )
     return decision
+
+
+def _other_sender(accepted: Sequence[RcptDecision], decision: RcptDecision) -> bool:
+    """True if ``decision``'s copy needs another envelope sender than the
+    forwarded copies accepted before it: the sender is one per message
+    (chgfrom), so it travels in a transaction of its own."""
+    if decision.action != "forward" or not decision.sender_rewrite:
+        return False
+    return any(
+        r.action == "forward" and r.sender_rewrite and r.sender_rewrite != decision.sender_rewrite
+        for r in accepted
+    )
 
 
 # -- end of message ------------------------------------------------------------
@@ -423,6 +683,24 @@ class EomDecision:
         return tuple(r for e in self.effects if isinstance(e, WriteRecords) for r in e.records)
 
 
+def _comment(text: str) -> str:
+    """``text`` as an RFC 5322 comment: a backslash before each character a
+    comment cannot hold as it is (section 3.2.2)."""
+    return "(" + "".join("\\" + c if c in "()\\" else c for c in text) + ")"
+
+
+def auth_results_value(tx: Transaction) -> str:
+    """The Authentication-Results value for the message: MAIL FROM's, with
+    a comment for each recipient that took mail its SPF result would have
+    had refused (RFC 8601 section 2.3 allows comments after a result's
+    properties): ``spf=fail smtp.mailfrom=a@example.org (not enforced for
+    bob@fwd.example: trusted forwarder alumni.example)``."""
+    notes = [r.spf_note for r in tx.rcpts if r.spf_note]
+    if not notes:
+        return tx.mail.auth_results
+    return " ".join([tx.mail.auth_results, *(_comment(n) for n in notes)])
+
+
 def _rcpt_params(decision: RcptDecision) -> tuple[str, ...]:
     """ESMTP parameters for the replacement recipient: NOTIFY carries over,
     and ORCPT keeps naming the address the sender used (RFC 3461 section 4.2)."""
@@ -454,7 +732,7 @@ def decide_eom(s: Settings, tx: Transaction) -> EomDecision:
 
     # RFC 8601 section 5: remove Authentication-Results claiming to be ours.
     del_headers = tuple((AUTH_RESULTS_HEADER, i) for i in sorted(tx.own_auth_results, reverse=True))
-    auth = ((AUTH_RESULTS_HEADER, tx.mail.auth_results),)
+    auth = ((AUTH_RESULTS_HEADER, auth_results_value(tx)),)
 
     forwards = [(r, r.forward) for r in tx.rcpts if r.action == "forward" and r.forward]
     reversals = [(r, r.srs) for r in tx.rcpts if r.action == "reverse" and r.srs]
@@ -494,8 +772,14 @@ def decide_eom(s: Settings, tx: Transaction) -> EomDecision:
     chgfrom: str | None = None
     # "when-needed" leaves a verified (B) sender as it is when its SPF
     # permits us; a U message is always rewritten, so that its bounce comes
-    # back here to be held instead of reaching an unverified sender.
-    skip_srs = s.rewrite == "when-needed" and tx.sender_permits_us and tx.mail.state == "B"
+    # back here to be held instead of reaching an unverified sender. RCPT
+    # TO decided it per recipient (sender_rewrite; one value per transaction,
+    # decide_rcpt_split); a decision without one takes the global rule.
+    decided = {r.sender_rewrite for r, _ in forwards}
+    if "" in decided:
+        skip_srs = s.rewrite == "when-needed" and tx.sender_permits_us and tx.mail.state == "B"
+    else:
+        skip_srs = decided == {"keep"}
     if tx.mail.srs_sender and not skip_srs:
         chgfrom = _bracket(tx.mail.srs_sender)
     effects_out: tuple[Effect, ...] = ()

@@ -44,7 +44,7 @@ import spf
 
 from fwdmilter import addr, dnswire
 from fwdmilter.config import DNSSettings
-from fwdmilter.policy import SPFOutcome
+from fwdmilter.policy import SPFOutcome, Trust, forwarder_domains, helo_within, match_forwarder
 
 __all__ = ["SPFChecker", "pyspf_answers"]
 
@@ -278,6 +278,48 @@ class SPFChecker:
             if data and reply.ttl > 0:
                 self._answers.put(key, started + reply.ttl, data)
         return [((name, qtype), d) for d in data]
+
+    def forwarder(self, ip: str, domain: str, helo: str) -> str:
+        """Whether the client at ``ip`` is the forwarder ``domain``: the
+        result of check_host(ip, domain) for the identity postmaster@domain
+        (RFC 7208 section 2.4), or, when the HELO name is ``domain`` or a
+        name under it, of the HELO identity (section 2.3). "pass" if either
+        passes, "temperror" if either could not complete, else the first
+        result. Not cached here: the milter keeps it per connection."""
+        results = [self.check(ip, f"postmaster@{domain}", "").result]
+        if results[0] != "pass" and helo_within(helo, domain):
+            results.append(self.check(ip, "", helo).result)
+        if "pass" in results:
+            return "pass"
+        return "temperror" if "temperror" in results else results[0]
+
+    def trust(
+        self,
+        entries: tuple[str, ...],
+        ip: str,
+        helo: str,
+        cache: dict[tuple[str, str], str] | None = None,
+    ) -> Trust:
+        """Which of a recipient's trusted forwarders (``Forward.trusted``)
+        the client at ``ip`` is: its networks first (no DNS), then each
+        domain in turn (:meth:`forwarder`) until one passes. ``cache`` keeps
+        the domains' results, keyed (domain, HELO name): the milter gives
+        one per connection."""
+        trust = match_forwarder(entries, ip, {})
+        if trust.entry or not ip:
+            return trust
+        results: dict[str, str] = {}
+        for domain in forwarder_domains(entries):
+            key = (domain, helo.lower())
+            hit = cache.get(key) if cache is not None else None
+            if hit is None:
+                hit = self.forwarder(ip, domain, helo)
+                if cache is not None:
+                    cache[key] = hit
+            results[domain] = hit
+            if hit == "pass":
+                break
+        return match_forwarder(entries, ip, results)
 
     def permits(self, ip: str, domain: str) -> bool:
         """True if ``domain``'s SPF record passes ``ip`` (for "when-needed"

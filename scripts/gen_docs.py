@@ -122,7 +122,9 @@ MEANINGS: Final[dict[str, str]] = {
     "srs.rewrite": (
         "`always`: every forwarded message gets an SRS sender (except the null sender and"
         " senders in this host's own domains). `when-needed`: a sender whose SPF record"
-        " already allows every address of `srs.outbound_ips` keeps its address."
+        " already allows every address of `srs.outbound_ips` keeps its address. A"
+        " forwarding address may choose otherwise (its own `rewrite`, see Policy per"
+        " recipient below); unverified (U) mail is always rewritten."
     ),
     "srs.outbound_ips": (
         "The addresses this host sends forwarded mail from. Required with"
@@ -144,8 +146,9 @@ MEANINGS: Final[dict[str, str]] = {
         " more; an address that has more (set when the limit was higher) keeps them."
     ),
     "spf.fail": (
-        "What to do with mail whose SPF result at MAIL FROM is `fail`: `reject` (`550"
-        " 5.7.23`), `tempfail` (`451 4.7.24`) or `accept` (the message is U)."
+        "What to do with mail whose SPF result is `fail`: `reject` (`550 5.7.23`),"
+        " `tempfail` (`451 4.7.24`) or `accept` (the message is U). Given at each RCPT"
+        " TO, for recipients without an action of their own."
     ),
     "spf.softfail": "The same, for `softfail`.",
     "spf.neutral": "The same, for `neutral`.",
@@ -212,6 +215,7 @@ MEANINGS: Final[dict[str, str]] = {
         "Clients whose mail is not SPF-checked. Keep loopback in it: `fwdctl held"
         " requeue` and the alerts submit from here, with senders that would fail SPF"
         " from 127.0.0.1. Mail from these clients is U unless the client authenticated."
+        " A forwarding address may trust forwarders of its own (Policy per recipient)."
     ),
     "held.alert_to": (
         "Who is told when a bounce is held, besides the forwarding address's alternate"
@@ -368,19 +372,24 @@ def config_reference() -> str:
 #: When each reply is given, and what the sender (or its MTA) should make of it.
 REPLY_MEANINGS: Final[dict[str, str]] = {
     "SPF_FAIL": (
-        'MAIL FROM, SPF `fail` with `spf.fail = "reject"`: the sender\'s domain says this'
-        " client may not send its mail. Send from a server the domain's SPF record lists."
+        'RCPT (the SPF verdict, per recipient), SPF `fail` with `spf.fail = "reject"` or'
+        " the recipient's own `fail` action: the sender's domain says this client may not"
+        " send its mail. Send from a server the domain's SPF record lists."
     ),
-    "SPF_SOFTFAIL": 'MAIL FROM, SPF `softfail`, if `spf.softfail = "reject"`.',
-    "SPF_NEUTRAL": 'MAIL FROM, SPF `neutral`, if `spf.neutral = "reject"`.',
-    "SPF_NONE": 'MAIL FROM, no SPF record, if `spf.none = "reject"`.',
+    "SPF_SOFTFAIL": (
+        'RCPT, SPF `softfail`, if `spf.softfail = "reject"` or the recipient refuses it.'
+    ),
+    "SPF_NEUTRAL": 'RCPT, SPF `neutral`, if `spf.neutral = "reject"` or the recipient refuses it.',
+    "SPF_NONE": 'RCPT, no SPF record, if `spf.none = "reject"` or the recipient refuses it.',
     "SPF_PERMERROR": (
-        "MAIL FROM, the sender domain's SPF record is broken (`spf.permerror ="
+        "RCPT, the sender domain's SPF record is broken (`spf.permerror ="
         ' "reject"`): its admin must fix the record. Also a `temperror` set to `reject`.'
     ),
     "SPF_TEMPERROR": (
-        'MAIL FROM, DNS did not answer in `dns.timeout` (`spf.temperror = "tempfail"`):'
-        " the client tries again later, as for any 4xx. Also any result set to `tempfail`."
+        'RCPT, DNS did not answer in `dns.timeout` (`spf.temperror = "tempfail"`):'
+        " the client tries again later, as for any 4xx. Also any result set to `tempfail`,"
+        " and a refused result for a recipient one of whose trusted forwarders could not"
+        " be checked (DNS): the client may be that forwarder."
     ),
     "UNKNOWN_RECIPIENT": (
         "RCPT, an address in a forwarding domain that is not in the forwarding table."
@@ -414,7 +423,9 @@ REPLY_MEANINGS: Final[dict[str, str]] = {
     "SPLIT_TRANSACTION": (
         "RCPT, a recipient whose mail needs another outcome than the recipients already"
         " accepted in this transaction (a bounce to an SRS address travels alone; null-sender"
-        " mail kept by a recipient's policy goes with other such recipients only). RFC 5321"
+        " mail kept by a recipient's policy goes with other such recipients only; a copy that"
+        " keeps its envelope sender, by the recipient's `rewrite`, does not travel with one"
+        " that is rewritten). RFC 5321"
         " section 3.5.3: the client delivers the accepted recipients and sends this one in a"
         " new transaction; nothing is lost, nothing waits."
     ),

@@ -34,8 +34,9 @@ EXTRA: Final[dict[str, list[tuple[str, str]]]] = {
     "fwdmilter": [
         (
             "DESCRIPTION",
-            "A milter for Postfix and Sendmail that forwards mail with SRS, checks SPF at "
-            "MAIL FROM and holds bounces of unverified mail instead of sending backscatter. "
+            "A milter for Postfix and Sendmail that forwards mail with SRS, checks SPF "
+            "(its verdict given per recipient at RCPT TO) and holds bounces of unverified "
+            "mail instead of sending backscatter. "
             "It runs in the foreground and logs to standard error, one line per decision. "
             "SIGHUP re-reads the configuration and the SRS secrets; SIGTERM and SIGINT stop "
             "accepting connections and let running transactions finish for at most "

@@ -121,7 +121,7 @@ def test_sighup_with_a_broken_configuration_keeps_the_running_one(
             "forward", "set", f"f{tok}@fwd.example", f"alice+{tok}@inner.example", check=False
         )
         t = mail.send(border, f"x{tok}@fail.example", [f"f{tok}@fwd.example"], source_ip=OUTSIDE)
-        assert t.mail.said(replies.SPF_FAIL, completed=True), t
+        assert t.rcpt(f"f{tok}@fwd.example").said(replies.SPF_FAIL, completed=True), t
     finally:
         fm.stop()
 
@@ -252,7 +252,8 @@ def test_metrics_endpoint_counts_decisions(
         assert mail.send(
             border, f"a{tok}@pass.example", [rcpt], source_ip=OUTSIDE, helo="helo.pass.example"
         ).accepted
-        assert mail.send(border, f"x{tok}@fail.example", [rcpt], source_ip=OUTSIDE).mail.code == 550
+        refused = mail.send(border, f"x{tok}@fail.example", [rcpt], source_ip=OUTSIDE)
+        assert refused.rcpt(rcpt).code == 550
         assert (
             mail.send(
                 border,
@@ -274,7 +275,8 @@ def test_metrics_endpoint_counts_decisions(
         wait_until(lambda: 'fwdmilter_srs_total{event="forward"} 1.0' in scrape(), 10, "metrics")
         text = scrape()
         assert 'fwdmilter_decisions_total{action="forward",stage="eom"} 1.0' in text
-        assert 'fwdmilter_decisions_total{action="reject",stage="mail"} 1.0' in text
+        # The SPF verdict and the forged SRS address, both at RCPT TO.
+        assert 'fwdmilter_decisions_total{action="reject",stage="rcpt"} 2.0' in text
         # The forwarded message and the bounce's HELO name both passed.
         assert 'fwdmilter_spf_results_total{result="pass"} 2.0' in text
         assert 'fwdmilter_spf_results_total{result="fail"} 1.0' in text

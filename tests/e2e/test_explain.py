@@ -15,7 +15,7 @@ import pytest
 
 from fwdmilter import replies
 from fwdmilter.config import StoreSettings
-from fwdmilter.states import HeldEntry
+from fwdmilter.states import Forward, HeldEntry
 from fwdmilter.store import open_store
 from tests.harness.dns import DnsServer
 from tests.harness.fwdmilter_proc import FwdMilter
@@ -60,11 +60,92 @@ def test_a_verified_sender_is_forwarded_with_srs(fm: FwdMilter) -> None:
     assert "recipient becomes <bob@inner.example>" in eom["why"]
 
 
-def test_spf_fail_stops_at_mail_from(fm: FwdMilter) -> None:
-    (mail,) = stages(
+def test_spf_fail_is_refused_at_rcpt(fm: FwdMilter) -> None:
+    mail, rcpt = stages(
         fm, "--client", "192.0.2.99", "--helo", "x", "--from", "m@fail.example", "bob@fwd.example"
     )
-    assert mail["reply"].startswith(str(replies.SPF_FAIL))
+    assert mail["reply"].startswith("250")
+    assert (
+        "SPF fail: the global action is reject (spf.fail);"
+        " each RCPT TO applies it, or the recipient's own"
+    ) in mail["why"]
+    assert rcpt["reply"].startswith(str(replies.SPF_FAIL))
+    assert rcpt["why"][0] == "forwarded to bob@inner.example"
+    assert "SPF fail: reject (the global spf.fail)" in rcpt["why"]
+
+
+def put_policy(fm: FwdMilter, forward: Forward) -> None:
+    store = open_store(StoreSettings(url=fm.settings["store"]["url"]), instance="x")
+    try:
+        store.put_forward(forward)
+    finally:
+        store.close()
+
+
+def test_the_recipients_own_policy_and_where_each_value_comes_from(fm: FwdMilter) -> None:
+    put_policy(
+        fm,
+        Forward(
+            "alum@fwd.example",
+            ("alum@inner.example",),
+            spf_actions=(("softfail", "reject"),),
+            rewrite="none",
+            trusted=("alumni.example",),
+        ),
+    )
+    # 127.0.0.2 is in alumni.example's SPF record, not in fail.example's.
+    _mail, alum, bob, eom = stages(
+        fm,
+        "--client",
+        "127.0.0.2",
+        "--helo",
+        "mx.other.example",
+        "--from",
+        "m@fail.example",
+        "alum@fwd.example",
+        "bob@fwd.example",
+    )
+    assert alum["reply"].startswith("250")
+    assert alum["why"][:3] == [
+        "forwarded to alum@inner.example",
+        "its target has 0 held or requeued message(s)",
+        "SPF fail: reject (the global spf.fail)",
+    ]
+    assert (
+        "the client is its trusted forwarder alumni.example: the verdict is not applied"
+        in alum["why"]
+    )
+    assert (
+        "sender rewrite none (the recipient's own): its copy goes out with the SRS sender"
+        " (unverified mail is always rewritten)"
+    ) in alum["why"]
+    assert bob["reply"].startswith(str(replies.SPF_FAIL))
+    assert (
+        "Authentication-Results: border.fwd.example; spf=fail smtp.mailfrom=m@fail.example"
+        " (not enforced for alum@fwd.example: trusted forwarder alumni.example)"
+    ) in eom["why"]
+    # Its own softfail action (from a client no forwarder lists); a verified
+    # sender is kept.
+    _, soft = stages(
+        fm,
+        "--client",
+        "198.51.100.9",
+        "--helo",
+        "x",
+        "--from",
+        "m@softfail.example",
+        "alum@fwd.example",
+    )
+    assert soft["reply"].startswith(str(replies.SPF_SOFTFAIL))
+    assert "SPF softfail: reject (the recipient's own)" in soft["why"]
+    _, kept, eom = stages(
+        fm, "--client", "192.0.2.7", "--helo", "x", "--from", "m@pass.example", "alum@fwd.example"
+    )
+    assert (
+        "sender rewrite none (the recipient's own): its copy keeps the envelope sender"
+        in (kept["why"])
+    )
+    assert not any(w.startswith("envelope sender") for w in eom["why"])
 
 
 def test_each_recipient_gets_its_own_answer_and_reason(fm: FwdMilter, tmp_path: Path) -> None:

@@ -17,12 +17,18 @@ afterwards. Placeholders in the files:
 
 ``[forward]`` may give ``target``: the case's target as the admin types it;
 or ``targets``, a list: several targets for ``{rcpt}`` (``fwdctl forward set
-RCPT TARGET TARGET``).
+RCPT TARGET TARGET``); and the recipient's own policy: ``spf_actions`` (a
+table, SPF result to action), ``rewrite`` ("srs", "when-needed", "none")
+and ``trusted`` (a list of networks and domains), set with ``fwdctl forward
+policy`` and ``fwdctl forward trust`` as an admin would.
 
 A step may say ``delivered`` (an address, or a list: each gets this step's
 message), ``bounced = true`` (the step's sender gets a bounce from the null
 sender: a normal bounce of verified mail) and ``held`` (wait until the
-case's targets have that many H or R entries before the next step).
+case's targets have that many H or R entries before the next step). It may
+check each message the sink got (``delivered``): ``sender_kept`` (true: its
+envelope sender is the step's ``from``; false: an SRS address) and
+``headers`` (a table: a text each header named must contain).
 ``[result]`` may say: ``held`` (entries for the case's targets, all for
 ``held_for``, by default ``{target}``), ``log`` (a regular expression a
 decision line with the token matches), ``delivered`` / ``not_delivered``
@@ -126,7 +132,9 @@ def _matches(reply: Reply, expected: str) -> bool:
     if expected.isdigit():
         return reply.code == int(expected)
     named = getattr(replies, expected)
-    return str(reply).startswith(str(named))
+    # Its start (an SPF refusal adds the domain's explanation); Sendmail may
+    # put the address before the text at RCPT.
+    return reply.said(named, completed=True)
 
 
 def _check_replies(t: Transcript, expect: list[str], where: str) -> None:
@@ -167,6 +175,17 @@ def _listed(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+def _set_policy(site: Site, rcpt: str, given: dict[str, Any]) -> None:
+    """The recipient's own policy, set as the admin sets it."""
+    args = [f"--spf-{result}={action}" for result, action in given.get("spf_actions", {}).items()]
+    if "rewrite" in given:
+        args.append(f"--rewrite={given['rewrite']}")
+    if args:
+        site.fm.fwdctl("forward", "policy", rcpt, *args)
+    for forwarder in given.get("trusted", ()):
+        site.fm.fwdctl("forward", "trust", rcpt, forwarder)
+
+
 def _run(site: Site, case: dict[str, Any]) -> None:
     tok = unique()
     names = {
@@ -186,6 +205,8 @@ def _run(site: Site, case: dict[str, Any]) -> None:
     site.fm.fwdctl("forward", "set", names["rcpt"], *typed_targets)
     site.fm.fwdctl("forward", "set", names["other_rcpt"], names["other_target"])
     targets = {names["target"], names["other_target"], *(t.lower() for t in typed_targets)}
+    if any(k in forward for k in ("spf_actions", "rewrite", "trusted")):
+        _set_policy(site, names["rcpt"], forward)
     for n, step in enumerate(case["step"], 1):
         where = f"step {n}"
         sender = _fill(step["from"], names)
@@ -203,6 +224,13 @@ def _run(site: Site, case: dict[str, Any]) -> None:
         for address in _listed(step.get("delivered", [])):
             got = site.mail.wait_for(_fill(address, names), match=mine)
             names.setdefault("srs", got.mail_from)
+            if "sender_kept" in step:
+                kept = got.mail_from == sender
+                assert kept is step["sender_kept"], f"{where}: sent with <{got.mail_from}>"
+                assert kept or got.mail_from.startswith("SRS0="), f"{where}: <{got.mail_from}>"
+            for header, text in step.get("headers", {}).items():
+                value = str(got.email[header])
+                assert _fill(text, names) in value, f"{where}: {header}: {value}"
         if step.get("bounced"):
             site.mail.wait_for(sender, mail_from="", listener="internet")
         if "held" in step:

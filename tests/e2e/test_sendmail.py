@@ -134,17 +134,18 @@ def hold_u_bounce(
 # -- MAIL FROM and RCPT TO -------------------------------------------------------------
 
 
-def test_spf_fail_is_refused_at_mail_from_and_nothing_is_delivered(
+def test_spf_fail_is_refused_at_rcpt_and_nothing_is_delivered(
     fm: FwdMilter, sendmail: SendmailInstance, mail: MailWorld
 ) -> None:
     rcpt, target, tok = forwarding(fm)
     t = send(mail, sendmail, f"s{tok}@fail.example", rcpt, tok)
-    assert t.mail.said(replies.SPF_FAIL, completed=True), t
-    assert "fail.example" in str(t.mail)
+    assert t.mail.ok, t
+    assert t.rcpt(rcpt).said(replies.SPF_FAIL, completed=True), t
+    assert "fail.example" in str(t.rcpt(rcpt))
     # Sendmail names the transaction at MAIL FROM: the milter logs the queue id.
-    line = fm.wait_log(rf"sender=<s{tok}@fail.example> .*stage=mail action=reject")[0]
+    line = fm.wait_log(rf"sender=<s{tok}@fail.example> rcpt=<{rcpt}> .*stage=rcpt action=reject")[0]
     assert re.match(r"queue_id=[0-9A-Za-z]{14} ", line), line
-    sendmail.wait_log(rf"Milter: from=<s{tok}@fail.example>, reject=550 5.7.23")
+    sendmail.wait_log(rf"Milter: to=<{rcpt}>, reject=550 5.7.23")
     mail.assert_nothing_for(target)
 
 
@@ -154,7 +155,7 @@ def test_dns_timeout_answers_451(
     rcpt, _target, tok = forwarding(fm)
     started = time.monotonic()
     t = send(mail, sendmail, f"s{tok}@temperror.example", rcpt, tok)
-    assert t.mail.said(replies.SPF_TEMPERROR, completed=True), t
+    assert t.rcpt(rcpt).said(replies.SPF_TEMPERROR, completed=True), t
     assert time.monotonic() - started < 10
 
 

@@ -114,6 +114,17 @@ def fuzz_rt(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer) -> Iterato
     rt.store.put_forward(
         Forward("nul@fwd.example", ("nul@inner.example", "nul@phone.example"), null_sender="hold")
     )
+    # A recipient with a policy of its own: its SPF actions, its sender
+    # rewrite, trusted forwarders whose checks fail, miss and pass.
+    rt.store.put_forward(
+        Forward(
+            "pol@fwd.example",
+            ("pol@inner.example",),
+            spf_actions=(("softfail", "reject"), ("fail", "accept")),
+            rewrite="none",
+            trusted=("relay.example", "198.51.100.0/24", "alumni.example"),
+        )
+    )
     now = time.time()
     records = []
     for i, (sender, state) in enumerate(((B_SENDER, "B"), (U_SENDER, "U"))):
@@ -214,6 +225,7 @@ ours = st.sampled_from(
         "<carol@fwd.example>",
         "<old@fwd.example>",
         "<nul@fwd.example>",
+        "<pol@fwd.example>",
         "<nobody@fwd.example>",
         "<x@elsewhere.example>",
     ]

@@ -77,6 +77,12 @@ ZONES: tuple[DnsName, ...] = (
     *_zone("explain.example", "v=spf1 -all exp=%{l}.exp.explain.example", "fail"),
     DnsName("temperror.example", spf="temperror", silent=True),
     DnsName("slow.example", spf="temperror", silent=True),
+    # Other forwarders that send to ours without SRS (per-recipient trusted
+    # forwarders): one whose own domain's SPF lists its clients, and one
+    # whose domain lists none but whose HELO name's record does.
+    DnsName("alumni.example", (_PASS,), "pass"),
+    DnsName("relay.example", ("v=spf1 -all",), "fail"),
+    DnsName("mx.relay.example", (_PASS,), "pass"),
     # The forwarder's own domain and the hosts of the test topology.
     DnsName("fwd.example", (_PASS,), "pass"),
     DnsName("border.fwd.example", (_PASS,), "pass"),

@@ -276,17 +276,23 @@ def test_spf_pass_is_forwarded_with_an_srs_sender(rt: runtime.Runtime, hooks: Ho
     assert abs(lifetime - (rt.cfg.srs.max_age_days + 2) * 86400) < 60
 
 
-def test_spf_fail_is_refused_at_mail_from(rt: runtime.Runtime, hooks: Hooks) -> None:
+def test_spf_fail_is_refused_at_rcpt(rt: runtime.Runtime, hooks: Hooks) -> None:
     ctx = connect(rt, hooks)
-    assert feed(ctx, "mallory@fail.example", "bob@fwd.example") == Milter.REJECT
+    assert ctx._envfrom("<mallory@fail.example>") == Milter.CONTINUE
+    assert ctx._envrcpt("<bob@fwd.example>") == Milter.REJECT
     assert said(ctx, replies.SPF_FAIL, completed=True)
     assert "fail.example" in reply(ctx)[2]
+    # The global action for recipients that are not forwarding addresses too.
+    ctx._reply = None
+    assert ctx._envrcpt("<someone@elsewhere.example>") == Milter.REJECT
+    assert said(ctx, replies.SPF_FAIL, completed=True)
 
 
 def test_dns_timeout_answers_451(rt: runtime.Runtime, hooks: Hooks) -> None:
     ctx = connect(rt, hooks)
     started = time.monotonic()
-    assert feed(ctx, "x@temperror.example", "bob@fwd.example") == Milter.TEMPFAIL
+    assert ctx._envfrom("<x@temperror.example>") == Milter.CONTINUE
+    assert ctx._envrcpt("<bob@fwd.example>") == Milter.TEMPFAIL
     assert said(ctx, replies.SPF_TEMPERROR, completed=True)
     assert time.monotonic() - started < 5  # dns.timeout is 2 s, not pyspf's 20
 
@@ -391,10 +397,13 @@ def test_connections_and_transactions_are_counted(rt: runtime.Runtime, hooks: Ho
     ctx = connect(rt, hooks)
     feed(ctx, "alice@pass.example", "bob@fwd.example")
     assert (hooks.transactions, hooks.running) == (1, 0)
-    feed(ctx, "mallory@fail.example", "bob@fwd.example")  # refused at MAIL: over at once
+    feed(ctx, "a\x01b@pass.example", "bob@fwd.example")  # refused at MAIL: over at once
     assert (hooks.transactions, hooks.running) == (2, 0)
+    # Refused at RCPT (SPF fail): the transaction lasts until the MTA ends it.
+    feed(ctx, "mallory@fail.example", "bob@fwd.example")
+    assert (hooks.transactions, hooks.running) == (3, 1)
     ctx._envfrom("<alice@pass.example>")
-    assert hooks.running == 1
+    assert (hooks.transactions, hooks.running) == (4, 1)
     ctx._abort()  # also closes
     assert hooks.running == 0
     assert (hooks.opened, hooks.closed) == (1, 1)

@@ -219,8 +219,11 @@ def test_a_connection_dropped_while_the_milter_works_leaks_nothing(daemon: Daemo
     out = daemon.run("drop.lua", STAGE="mail-busy")
     assert "mail while busy: " in out and "forwarded MT" in out
     assert "mail while busy: nil" not in out  # miltertest did give up first
-    daemon.fm.wait_log(r"sender=<busy\S+@temperror.example> .*stage=mail action=tempfail")
+    # MAIL is answered (the SPF verdict waits for RCPT TO, which never
+    # comes): the connection's thread ends once the check is over, and
+    # nothing went wrong answering into the closed connection.
     daemon.settle("a drop while the milter works")
+    assert "Traceback" not in daemon.fm.log()
 
 
 def test_sigterm_finds_no_connection_open_and_stops_promptly(daemon: Daemon) -> None:

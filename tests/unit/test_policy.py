@@ -10,6 +10,7 @@ import pytest
 
 from fwdmilter import classify, machine, policy, replies
 from fwdmilter.policy import RcptDecision, SPFOutcome
+from fwdmilter.replies import Reply
 from fwdmilter.states import Forward, MessageRecord, RcptInfo
 from srs import ALIAS_HOST, SRS, alias_key
 
@@ -53,6 +54,11 @@ def mail(
     return policy.decide_mail(S, sender, "client.example.org", outcome, now=NOW, **kw)  # type: ignore[arg-type]
 
 
+def verdict(m: policy.MailDecision, s: policy.Settings = S) -> Reply | None:
+    """The reply RCPT TO gives a recipient without a policy of its own."""
+    return policy.rcpt_spf(s, m, None)[0]
+
+
 # -- MAIL FROM -----------------------------------------------------------------
 
 
@@ -64,15 +70,17 @@ def test_spf_refusals_carry_rfc7372_codes_and_the_explanation(
     result: str, code: int, status: str
 ) -> None:
     d = mail(result=result)
-    assert d.reply is not None
-    assert (d.reply.code, d.reply.status) == (code, status)
-    assert f"example.org: {result} explanation" in d.reply.text
+    assert d.reply is None  # MAIL FROM goes on: RCPT TO gives the verdict
+    refusal = verdict(d)
+    assert refusal is not None
+    assert (refusal.code, refusal.status) == (code, status)
+    assert f"example.org: {result} explanation" in refusal.text
 
 
 @pytest.mark.parametrize("result", ["softfail", "neutral", "none", "permerror"])
 def test_accepted_spf_results_make_unbouncable_mail(result: str) -> None:
     d = mail(result=result)
-    assert d.reply is None
+    assert d.reply is None and verdict(d) is None
     assert d.state == "U"
     assert d.auth_results == f"mx.fwd.example; spf={result} smtp.mailfrom=alice@example.org"
 
@@ -81,12 +89,14 @@ def test_configured_actions_are_obeyed() -> None:
     strict = settings(
         spf_actions=ACTIONS | {"softfail": "reject", "none": "tempfail", "temperror": "accept"}
     )
-    soft = policy.decide_mail(strict, "a@example.org", "h", spf("softfail"), now=NOW)
-    assert soft.reply is not None and (soft.reply.code, soft.reply.status) == (550, "5.7.23")
-    none = policy.decide_mail(strict, "a@example.org", "h", spf("none"), now=NOW)
-    assert none.reply is not None and (none.reply.code, none.reply.status) == (451, "4.7.24")
+    soft = verdict(
+        policy.decide_mail(strict, "a@example.org", "h", spf("softfail"), now=NOW), strict
+    )
+    assert soft is not None and (soft.code, soft.status) == (550, "5.7.23")
+    none = verdict(policy.decide_mail(strict, "a@example.org", "h", spf("none"), now=NOW), strict)
+    assert none is not None and (none.code, none.status) == (451, "4.7.24")
     temp = policy.decide_mail(strict, "a@example.org", "h", spf("temperror"), now=NOW)
-    assert temp.reply is None and temp.state == "U"
+    assert temp.reply is None and verdict(temp, strict) is None and temp.state == "U"
 
 
 def test_pass_makes_bouncable_mail_with_its_srs_sender() -> None:
@@ -618,35 +628,39 @@ def test_a_forged_short_form_is_refused_at_rcpt() -> None:
 # -- MAIL FROM: the whole decision ---------------------------------------------------
 
 
-def test_an_spf_refusal_is_the_whole_decision_with_the_domains_explanation() -> None:
+def test_an_spf_refusal_is_given_at_rcpt_with_the_domains_explanation() -> None:
     outcome = spf("fail")
     d = policy.decide_mail(S, "alice@example.org", "h", outcome, now=NOW)
     assert d == policy.MailDecision(
+        None,
+        "U",
+        "alice@example.org",
+        S.srs.forward("alice@example.org", now=NOW),
+        "mx.fwd.example; spf=fail smtp.mailfrom=alice@example.org",
+        outcome,
+    )
+    assert policy.rcpt_spf(S, d, None) == (
         replies.SPF_FAIL.with_text(
             "SPF check failed: the sender's domain does not permit this host"
             " (example.org: fail explanation)"
         ),
-        "U",
-        "alice@example.org",
-        None,
-        "mx.fwd.example; spf=fail smtp.mailfrom=alice@example.org",
-        outcome,
+        "",
     )
 
 
 def test_an_spf_refusal_without_explanation_or_domain() -> None:
     bare = policy.decide_mail(S, "a@example.org", "h", SPFOutcome("fail", "mailfrom", "x"), now=NOW)
-    assert bare.reply == replies.SPF_FAIL
+    assert verdict(bare) == replies.SPF_FAIL
     nameless = SPFOutcome("fail", "helo", "", "no such host")
-    d = policy.decide_mail(S, "a@example.org", "h", nameless, now=NOW)
-    assert d.reply is not None
-    assert d.reply.text == f"{replies.SPF_FAIL.text} (the sender: no such host)"
+    d = verdict(policy.decide_mail(S, "a@example.org", "h", nameless, now=NOW))
+    assert d is not None
+    assert d.text == f"{replies.SPF_FAIL.text} (the sender: no such host)"
 
 
 def test_a_tempfail_action_on_a_permanent_result_is_a_451_saying_try_later() -> None:
     strict = settings(spf_actions=ACTIONS | {"none": "tempfail"})
     d = policy.decide_mail(strict, "a@example.org", "h", spf("none"), now=NOW)
-    assert d.reply == replies.Reply(
+    assert verdict(d, strict) == replies.Reply(
         451,
         "4.7.24",
         "No SPF record for the sender's domain: refused by local policy; try again later"
@@ -657,7 +671,7 @@ def test_a_tempfail_action_on_a_permanent_result_is_a_451_saying_try_later() -> 
 def test_a_reject_action_on_a_temporary_result_is_a_550_without_try_later() -> None:
     strict = settings(spf_actions=ACTIONS | {"temperror": "reject"})
     d = policy.decide_mail(strict, "a@example.org", "h", spf("temperror"), now=NOW)
-    assert d.reply == replies.Reply(
+    assert verdict(d, strict) == replies.Reply(
         550,
         "5.7.24",
         "SPF check could not be completed (DNS error) (example.org: temperror explanation)",
@@ -669,6 +683,7 @@ def test_spf_pass_is_accepted_whatever_the_actions_table_says() -> None:
     odd = settings(spf_actions=ACTIONS | {"pass": "reject"})
     d = policy.decide_mail(odd, "a@example.org", "h", spf("pass"), now=NOW)
     assert (d.reply, d.state) == (None, "B")
+    assert policy.rcpt_spf(odd, d, replace(BOB, spf_actions=(("pass", "reject"),))) == (None, "")
 
 
 def test_an_accepted_sender_decision_keeps_the_spf_outcome() -> None:
@@ -789,7 +804,13 @@ def test_forwarding_decisions_name_the_recipient_as_given_and_its_entry() -> Non
         (
             RcptInfo(BOB),
             m_u,
-            RcptDecision("<X@fwd.example>", "forward", forward=BOB, params=tuple(PARAMS)),
+            RcptDecision(
+                "<X@fwd.example>",
+                "forward",
+                forward=BOB,
+                params=tuple(PARAMS),
+                sender_rewrite="srs",
+            ),
         ),
     ]
     for info, m, expected in cases:
@@ -1032,3 +1053,262 @@ def test_a_bounce_without_trace_id_logs_every_message_it_may_be_about() -> None:
     ]
     d = policy.decide_eom(S, replace(t, records={key: two}))
     assert dict(d.log)["trace"] == "m1,m2"
+
+
+# -- per-recipient policy: the SPF verdict at RCPT TO ---------------------------------
+
+ALUMNI = replace(BOB, trusted=("alumni.example", "198.51.100.0/24", "2001:db8:f::/48"))
+
+
+def rcpt(
+    fwd: Forward | None,
+    m: policy.MailDecision,
+    s: policy.Settings = S,
+    **kw: object,
+) -> RcptDecision:
+    return policy.decide_rcpt_forwarding(s, "<bob@fwd.example>", RcptInfo(fwd), m, [], **kw)  # type: ignore[arg-type]
+
+
+def test_the_global_spf_verdict_is_given_at_rcpt_for_every_kind_of_recipient() -> None:
+    m = mail(result="fail")
+    assert m.reply is None and m.state == "U"
+    refused = rcpt(BOB, m)
+    assert refused.action == "refuse" and refused.reply is not None
+    assert refused.reply.status == "5.7.23" and refused.forward == BOB
+    # An unknown recipient is refused for SPF first, as MAIL FROM did.
+    assert rcpt(None, m).reply == refused.reply
+    srs_addr = S.srs.forward("x@example.org", now=NOW)
+    assert policy.decide_rcpt_srs(S, "<s>", srs_addr, [], NOW, m).reply == refused.reply
+    other = policy.decide_rcpt_other(S, "<x@other.example>", m, ["NOTIFY=NEVER"])
+    assert other.reply == refused.reply
+    # Without the verdict: the lookup's own answer.
+    assert policy.decide_rcpt_srs(S, "<s>", srs_addr, [], NOW).action == "reverse"
+    ok = policy.decide_rcpt_other(S, "<x@other.example>", mail(), ["NOTIFY=NEVER"])
+    assert ok == RcptDecision("<x@other.example>", "pass", params=("NOTIFY=NEVER",))
+
+
+def test_a_recipient_may_refuse_a_result_that_the_global_action_accepts() -> None:
+    strict = replace(BOB, spf_actions=(("softfail", "reject"), ("neutral", "tempfail")))
+    soft = mail(result="softfail")
+    d = rcpt(strict, soft)
+    assert d.action == "refuse" and d.reply == policy.spf_refusal(spf("softfail"), "reject")
+    assert d.reply is not None and (d.reply.code, d.reply.status) == (550, "5.7.23")
+    assert d.reply.text.startswith(replies.SPF_SOFTFAIL.text)
+    neutral = rcpt(strict, mail(result="neutral"))
+    assert neutral.reply is not None and (neutral.reply.code, neutral.reply.status) == (
+        451,
+        "4.7.24",
+    )
+    # Others keep the global action; the recipient's other results too.
+    assert rcpt(BOB, soft).action == "forward"
+    assert rcpt(strict, mail(result="none")).action == "forward"
+    assert policy.spf_action(S, spf("softfail"), strict) == ("reject", "recipient")
+    assert policy.spf_action(S, spf("none"), strict) == ("accept", "global")
+    assert policy.spf_action(S, spf("fail"), None) == ("reject", "global")
+
+
+def test_a_recipient_may_accept_a_result_that_the_global_action_refuses() -> None:
+    lenient = replace(BOB, spf_actions=(("fail", "accept"), ("temperror", "accept")))
+    d = rcpt(lenient, mail(result="fail"))
+    assert d.action == "forward" and d.sender_rewrite == "srs"
+    assert d.spf_note == "not enforced for bob@fwd.example: the recipient accepts spf=fail"
+    temp = rcpt(lenient, mail(result="temperror"))
+    assert temp.action == "forward"
+    assert temp.spf_note == "not enforced for bob@fwd.example: the recipient accepts spf=temperror"
+    # An own action that agrees with the global one needs no note.
+    same = replace(BOB, spf_actions=(("softfail", "accept"),))
+    assert rcpt(same, mail(result="softfail")).spf_note == ""
+
+
+def test_a_temperror_tempfail_stays_a_451_at_rcpt() -> None:
+    d = rcpt(BOB, mail(result="temperror"))
+    assert d.reply is not None and not d.reply.permanent
+    assert (d.reply.code, d.reply.status) == (451, "4.7.24")
+
+
+@pytest.mark.parametrize(
+    ("client", "results", "entry"),
+    [
+        ("198.51.100.7", {}, "198.51.100.0/24"),
+        ("::ffff:198.51.100.7", {}, "198.51.100.0/24"),
+        ("2001:db8:f:1::9", {}, "2001:db8:f::/48"),
+        ("203.0.113.5", {"alumni.example": "pass"}, "alumni.example"),
+        ("203.0.113.5", {"alumni.example": "fail"}, ""),
+        ("203.0.113.5", {}, ""),  # a domain not checked does not match
+        ("", {}, ""),
+    ],
+)
+def test_match_forwarder(client: str, results: dict[str, str], entry: str) -> None:
+    assert policy.match_forwarder(ALUMNI.trusted, client, results) == policy.Trust(entry)
+
+
+def test_a_forwarder_domain_is_matched_in_its_checked_form() -> None:
+    entries = ("Alumni.Example.", "192.0.2.1")
+    assert policy.forwarder_domains(entries) == ("alumni.example",)
+    assert policy.forwarder_domain("192.0.2.1") == ""
+    assert policy.match_forwarder(entries, "203.0.113.5", {"alumni.example": "pass"}) == (
+        policy.Trust("Alumni.Example.")
+    )
+    unsure = policy.match_forwarder(entries, "203.0.113.5", {"alumni.example": "temperror"})
+    assert unsure == policy.Trust("", unsure=True)
+
+
+@pytest.mark.parametrize(
+    ("helo", "domain", "within"),
+    [
+        ("alumni.example", "alumni.example", True),
+        ("MX1.Alumni.Example.", "alumni.example", True),
+        ("evilalumni.example", "alumni.example", False),
+        ("alumni.example.evil", "alumni.example", False),
+        ("", "alumni.example", False),
+        ("alumni.example", "", False),
+    ],
+)
+def test_helo_within(helo: str, domain: str, within: bool) -> None:
+    assert policy.helo_within(helo, domain) is within
+
+
+def test_a_trusted_forwarder_skips_the_verdict_for_its_recipient_only() -> None:
+    m = mail(result="fail")
+    trust = policy.match_forwarder(ALUMNI.trusted, "203.0.113.5", {"alumni.example": "pass"})
+    d = rcpt(ALUMNI, m, trust=trust)
+    assert d.action == "forward"
+    assert d.spf_note == "not enforced for bob@fwd.example: trusted forwarder alumni.example"
+    # Still U: a trusted forwarder verifies nothing about the sender.
+    assert m.state == "U" and d.sender_rewrite == "srs"
+    # Another recipient, or the same one from elsewhere: refused.
+    carol = Forward("carol@fwd.example", ("carol@inner.example",))
+    assert rcpt(carol, m, trust=policy.Trust()).reply is not None
+    assert rcpt(ALUMNI, m, trust=policy.Trust()).reply is not None
+    assert rcpt(ALUMNI, m).reply is not None
+    # Every refused result, the temporary ones too.
+    assert rcpt(ALUMNI, mail(result="temperror"), trust=trust).action == "forward"
+
+
+def test_a_forwarder_check_that_could_not_complete_turns_a_refusal_into_a_451() -> None:
+    unsure = policy.Trust(unsure=True)
+    d = rcpt(ALUMNI, mail(result="fail"), trust=unsure)
+    assert d.reply is replies.SPF_TEMPERROR
+    # Nothing to turn when the mail is accepted anyway.
+    assert rcpt(ALUMNI, mail(result="softfail"), trust=unsure).action == "forward"
+
+
+def test_the_authentication_results_say_why_a_refused_result_was_let_in() -> None:
+    m = mail(result="fail")
+    trust = policy.Trust("alumni.example")
+    bob = rcpt(ALUMNI, m, trust=trust)
+    carol_fwd = Forward(
+        "carol@fwd.example", ("carol@inner.example",), spf_actions=(("fail", "accept"),)
+    )
+    carol = policy.decide_rcpt_forwarding(S, "<carol@fwd.example>", RcptInfo(carol_fwd), m, [])
+    d = policy.decide_eom(S, tx(m, bob, carol))
+    assert dict(d.add_headers)[policy.AUTH_RESULTS_HEADER] == (
+        "mx.fwd.example; spf=fail smtp.mailfrom=alice@example.org"
+        " (not enforced for bob@fwd.example: trusted forwarder alumni.example)"
+        " (not enforced for carol@fwd.example: the recipient accepts spf=fail)"
+    )
+    # A comment holds no unquoted parenthesis or backslash.
+    odd = replace(bob, spf_note="x (y) \\ z")
+    value = policy.auth_results_value(tx(m, odd))
+    assert value.endswith(" (x \\(y\\) \\\\ z)")
+
+
+# -- per-recipient policy: the envelope sender ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("own", "rewrite", "state", "permits", "expected"),
+    [
+        ("", "always", "B", False, "srs"),
+        ("", "when-needed", "B", True, "keep"),
+        ("", "when-needed", "B", False, "srs"),
+        ("srs", "when-needed", "B", True, "srs"),
+        ("when-needed", "always", "B", True, "keep"),
+        ("when-needed", "always", "B", False, "srs"),  # no srs.outbound_ips: as "srs"
+        ("none", "always", "B", False, "keep"),
+        # U mail is always rewritten: its bounce must come back to be held.
+        ("none", "always", "U", False, "srs"),
+        ("when-needed", "always", "U", True, "srs"),
+        ("", "when-needed", "U", True, "srs"),
+    ],
+)
+def test_sender_rewrite_per_recipient(
+    own: str, rewrite: str, state: str, permits: bool, expected: str
+) -> None:
+    s = settings(rewrite=rewrite)
+    m = policy.decide_mail(
+        s, "alice@example.org", "h", spf("pass" if state == "B" else "softfail"), now=NOW
+    )
+    assert m.state == state
+    fwd = replace(BOB, rewrite=own)
+    assert policy.sender_rewrite(s, m, fwd, permits) == expected
+    assert policy.needs_sender_permits(s, m, fwd) is (
+        state == "B"
+        and (own or ("when-needed" if rewrite == "when-needed" else "srs")) == "when-needed"
+    )
+    d = rcpt(fwd, m, s, sender_permits_us=permits)
+    assert d.action == "forward" and d.sender_rewrite == expected
+
+
+def test_nothing_to_rewrite_keeps_the_sender() -> None:
+    null = policy.decide_mail(
+        S, "", "mx.example.org", spf("pass", "mx.example.org", "helo"), now=NOW
+    )
+    assert policy.sender_rewrite(S, null, replace(BOB, rewrite="srs")) == "keep"
+    ours = mail("carol@alias.example")
+    assert policy.sender_rewrite(S, ours, BOB) == "keep"
+    assert not policy.needs_sender_permits(settings(rewrite="when-needed"), ours, BOB)
+
+
+def test_rewrite_choice_says_where_it_comes_from() -> None:
+    assert policy.rewrite_choice(S, BOB) == ("srs", "global")
+    assert policy.rewrite_choice(settings(rewrite="when-needed"), None) == ("when-needed", "global")
+    assert policy.rewrite_choice(S, replace(BOB, rewrite="none")) == ("none", "recipient")
+
+
+def test_a_kept_sender_is_forwarded_as_it_came_without_records() -> None:
+    m = mail()
+    keep = replace(forward_rcpt(), forward=replace(BOB, rewrite="none"), sender_rewrite="keep")
+    d = policy.decide_eom(S, tx(m, keep))
+    assert d.chgfrom is None and d.records == ()
+    assert d.addrcpt[0][0] == "<bob@inner.example>"
+    assert dict(d.log)["action"] == "forward" and "srs" not in dict(d.log)
+    # Decided at RCPT, it wins over the global rule's facts.
+    srs = replace(forward_rcpt(), sender_rewrite="srs")
+    wn = settings(rewrite="when-needed")
+    d = policy.decide_eom(wn, tx(m, srs, sender_permits_us=True))
+    assert d.chgfrom == f"<{m.srs_sender}>" and len(d.records) == 1
+
+
+def test_recipients_whose_envelope_senders_differ_do_not_share_a_transaction() -> None:
+    keep = replace(forward_rcpt(), sender_rewrite="keep")
+    srs = replace(forward_rcpt(), sender_rewrite="srs")
+    split = policy.decide_rcpt_split([keep], srs)
+    assert split.reply is replies.SPLIT_TRANSACTION and split.forward == BOB
+    assert policy.decide_rcpt_split([srs], keep).reply is replies.SPLIT_TRANSACTION
+    passed = RcptDecision("<x@other.example>", "pass")
+    assert policy.decide_rcpt_split([passed, keep], srs).reply is replies.SPLIT_TRANSACTION
+    # Same sender, a passed recipient, or an undecided one: one transaction.
+    assert policy.decide_rcpt_split([keep], keep) is keep
+    assert policy.decide_rcpt_split([srs], passed) is passed
+    assert policy.decide_rcpt_split([keep], forward_rcpt()).action == "forward"
+
+
+def test_a_rewrite_none_recipient_and_another_get_the_452_split_from_rcpt() -> None:
+    m = mail()
+    plain = rcpt(BOB, m)
+    kept = policy.decide_rcpt_forwarding(
+        S,
+        "<bob2@fwd.example>",
+        RcptInfo(replace(BOB, rcpt="bob2@fwd.example", rewrite="none")),
+        m,
+        [],
+    )
+    assert (plain.sender_rewrite, kept.sender_rewrite) == ("srs", "keep")
+    assert policy.decide_rcpt_split([plain], kept).reply is replies.SPLIT_TRANSACTION
+    # For U mail both are rewritten: no split.
+    u = mail(result="softfail")
+    kept_u = policy.decide_rcpt_forwarding(
+        S, "<bob2@fwd.example>", RcptInfo(replace(BOB, rewrite="none")), u, []
+    )
+    assert policy.decide_rcpt_split([rcpt(BOB, u)], kept_u) is kept_u

@@ -87,6 +87,9 @@ def build_alert(
         for e in entries
     )
     senders = "Their senders" if len(entries) > 1 else "Its sender"
+    # U mail waits for the whole forwarding address, every target of it
+    # (docs/states.md: the milter can hold a message only whole).
+    addresses = ", ".join(dict.fromkeys(e.rcpt for e in entries if e.rcpt)) or target
     msg.set_content(
         f"""\
 The mail forwarder {cfg.milter.hostname} forwarded mail to {target},
@@ -96,8 +99,9 @@ and the delivery failed:
 
 {senders} could not be verified, so the failure was not reported back (it
 could be a forged address: a bounce would be backscatter). Until it is dealt
-with, new mail from unverified senders for {target} is deferred (4xx), not
-lost.
+with, new mail from unverified senders for {addresses} is deferred (4xx),
+not lost: while one target of a forwarding address refuses mail, mail for
+all its targets waits.
 
 What to do:
   1. The admin of {target.partition("@")[2] or target} fixes the delivery problem above.

@@ -41,11 +41,12 @@ from typing import Final
 
 from flufl.bounce import all_failures
 
+from fwdmilter import addr
 from fwdmilter import dsn as dsn_module
-from fwdmilter.dsn import DSN
+from fwdmilter.dsn import DSN, RecipientStatus
 from fwdmilter.errors import DSNError
 
-__all__ = ["Kind", "Classification", "classify", "trace_ids_in"]
+__all__ = ["Kind", "Classification", "classify", "failed_recipients", "trace_ids_in"]
 
 # flufl.bounce logs every detector it runs at INFO: one line per detector and
 # message would drown the milter's own decision lines.
@@ -75,6 +76,15 @@ class Classification:
     #: Header values of our trace header found in the message: in the
     #: returned headers of a DSN, or quoted in the body of anything else.
     trace_values: tuple[str, ...] = field(default=())
+    #: The recipients a DSN says failed: the Final-Recipient and
+    #: Original-Recipient addresses of its blocks whose Action is failed,
+    #: in the normal form of :func:`fwdmilter.addr.key`. Empty for anything
+    #: else (a legacy bounce's addresses are a detector's guess).
+    failed: tuple[str, ...] = field(default=())
+    #: (address, reason) for each of ``failed``: that recipient's own status
+    #: and diagnostic, for the held entry of its target (one bounce may name
+    #: two targets that failed for different reasons).
+    failed_reasons: tuple[tuple[str, str], ...] = field(default=())
 
 
 #: RFC 3834 section 5: "Auto-Submitted: no" is the only value that means a
@@ -149,14 +159,29 @@ def _legacy_failures(msg: email.message.Message) -> tuple[set[str], set[str]]:
     return text(temporary), text(permanent)
 
 
-def _dsn_reason(parsed: DSN) -> str:
-    failed = parsed.failed() or parsed.recipients
-    first = failed[0]
-    status = first.status or "5.0.0"
-    diagnostic = " ".join(first.diagnostic.split())
+def failed_recipients(parsed: DSN) -> tuple[tuple[str, str], ...]:
+    """The addresses of the DSN's failed recipient blocks (Final-Recipient,
+    then Original-Recipient), normal form, once each, in order: each with
+    the reason of the first block that names it."""
+    named: dict[str, str] = {}
+    for r in parsed.failed():
+        for a in (r.final_recipient, r.original_recipient):
+            if a.strip() and (address := addr.key(a)):
+                named.setdefault(address, _block_reason(r))
+    return tuple(named.items())
+
+
+def _block_reason(block: RecipientStatus) -> str:
+    status = block.status or "5.0.0"
+    diagnostic = " ".join(block.diagnostic.split())
     # A diagnostic usually quotes the reply, status included: say it once.
     text = diagnostic if status in diagnostic else f"{status} {diagnostic}".strip()
     return text[:300]
+
+
+def _dsn_reason(parsed: DSN) -> str:
+    failed = parsed.failed() or parsed.recipients
+    return _block_reason(failed[0])
 
 
 def classify(raw: bytes, *, null_sender: bool) -> Classification:
@@ -170,7 +195,7 @@ def classify(raw: bytes, *, null_sender: bool) -> Classification:
     # Most of what is not a report (auto-replies, old-format bounces) says so
     # in its top header: no need to parse the whole of it twice.
     head = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
-        raw[: _HEAD_BYTES]
+        raw[:_HEAD_BYTES]
     )
     ctype = head.get_content_type()
     try:
@@ -182,8 +207,12 @@ def classify(raw: bytes, *, null_sender: bool) -> Classification:
     else:
         values = parsed.header_values("Fwdmilter-Trace") or quoted
         kind = {"failure": Kind.FAILURE, "delay": Kind.DELAY, "success": Kind.SUCCESS}[parsed.kind]
-        reason = _dsn_reason(parsed) if kind is Kind.FAILURE else f"delivery status: {kind.value}"
-        return Classification(kind, reason, parsed, values)
+        if kind is Kind.FAILURE:
+            failed = failed_recipients(parsed)
+            return Classification(
+                kind, _dsn_reason(parsed), parsed, values, tuple(a for a, _ in failed), failed
+            )
+        return Classification(kind, f"delivery status: {kind.value}", parsed, values)
 
     msg = email.message_from_bytes(raw[: dsn_module.MAX_PARSE], policy=email.policy.compat32)
     if _report_type(msg) == "disposition-notification":

@@ -178,7 +178,7 @@ def _rcpt(
         elif fwd.moved_to:
             why.append(f"deleted, moved to {fwd.moved_to}")
         else:
-            why.append(f"forwarded to {fwd.target}")
+            why.append(f"forwarded to {', '.join(fwd.targets)}")
             why.append(f"its target has {info.held} held or requeued message(s)")
             if fwd.null_sender == "hold":
                 why.append("null-sender mail for it is kept in the hold queue")

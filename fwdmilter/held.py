@@ -259,7 +259,12 @@ def _requeue_bounce(
     store.set_requeue_id(entry.target, entry.entry_id, queue_id, srs=sender, msg_id=msg_id)
     _log("requeued", entry, requeue_id=queue_id or "-", sender=sender)
     files.changed(entry, replace(entry, state="R"))
-    note = _delete_file(files, mta, entry, dry_run=False) if step.delete_file else ""
+    # Another entry (another target the bounce named) may still need it.
+    note = (
+        _delete_file(files, mta, entry, dry_run=False)
+        if step.delete_file
+        else " (its held message stays: another entry needs it)"
+    )
     where = f" as {queue_id}" if queue_id else ""
     return Outcome(entry, True, f"submitted to {entry.target} from {sender}{where}{note}")
 

@@ -15,7 +15,7 @@ The milter's transitions (mail reaching an SRS address)::
     record   mail to its SRS address          transition
     ------   -------------------------------  ---------------------------------
     B        anything                         delivered to the sender
-    U, none  failure (DSN failed, old bounce) held: entry H per target, record H
+    U, none  failure (DSN failed, old bounce) held: entry H per failed target, record H
     R        failure                          held again: entry R -> H, record H
     R        success (delivered, relayed)     released: entry removed, record done
     U, none  delay, success, auto-reply,      discarded: not a failure, and the
@@ -25,9 +25,13 @@ The milter's transitions (mail reaching an SRS address)::
 
 "Relevant" records are those of the message the mail is about: the ones
 whose trace id the mail carries, else every record under the SRS address
-(each one a target that did get mail from that sender that day). A bounce
-never creates entries for targets that got nothing, and creates at most
-``max_entries`` of them.
+(each one a target that did get mail from that sender that day). A failure
+DSN narrows them to the targets it says failed (a message to several
+targets fails for some of them only), when any of them is named; when none
+is (a downstream forwarder rewrote the address, a bounce in a legacy
+format), every relevant target is held, as nothing tells them apart. A
+bounce never creates entries for targets that got nothing, and creates at
+most ``max_entries`` of them.
 """
 
 from __future__ import annotations
@@ -164,6 +168,13 @@ def _relevant(records: Sequence[MessageRecord], ids: frozenset[str]) -> list[Mes
     return list(records)
 
 
+def _failed_only(records: list[MessageRecord], failed: frozenset[str]) -> list[MessageRecord]:
+    """The records whose target the failure names, if it names any of them;
+    else all of them (nothing tells which target failed)."""
+    named = [r for r in records if key(r.target) in failed]
+    return named or records
+
+
 def decide_bounce(
     *,
     kind: Kind,
@@ -176,10 +187,17 @@ def decide_bounce(
     queue_id: str,
     now: float,
     max_entries: int,
+    failed: Iterable[str] = (),
+    reasons: Iterable[tuple[str, str]] = (),
 ) -> BounceDecision:
     """Mail of ``kind`` to the SRS address ``srs`` (normal form), whose
-    reversal is ``original_sender``, with the records kept under it."""
+    reversal is ``original_sender``, with the records kept under it.
+    ``failed`` are the recipients a failure DSN names as failed (normal
+    form: :attr:`fwdmilter.classify.Classification.failed`), ``reasons``
+    each one's own reason, for its target's entry (``reason`` otherwise)."""
     relevant = _relevant(records, frozenset(trace_ids))
+    if kind is Kind.FAILURE:
+        relevant = _failed_only(relevant, frozenset(failed))
     ids = tuple(dict.fromkeys(r.msg_id for r in relevant))
     verified = bool(relevant) and all(r.state == "B" for r in relevant)
 
@@ -187,7 +205,17 @@ def decide_bounce(
         if verified:
             return BounceDecision("deliver", kind, reason, msg_ids=ids)
         return _hold_failure(
-            kind, reason, srs, original_sender, relevant, instance, queue_id, now, max_entries, ids
+            kind,
+            reason,
+            dict(reasons),
+            srs,
+            original_sender,
+            relevant,
+            instance,
+            queue_id,
+            now,
+            max_entries,
+            ids,
         )
 
     effects: list[Effect] = []
@@ -209,6 +237,7 @@ def decide_bounce(
 def _hold_failure(
     kind: Kind,
     reason: str,
+    reasons: dict[str, str],
     srs: str,
     original_sender: str,
     relevant: Sequence[MessageRecord],
@@ -222,7 +251,7 @@ def _hold_failure(
     effects: list[Effect] = []
     for rec in relevant:
         if rec.state == "R" and rec.held_id:
-            effects.append(Rehold(rec.target, rec.held_id, reason))
+            effects.append(Rehold(rec.target, rec.held_id, reasons.get(key(rec.target), reason)))
             effects.append(SetRecordState(rec.srs, rec.record_id, "H"))
     fresh = [rec for rec in relevant if not (rec.state == "R" and rec.held_id)]
     # One entry per target, newest record first: the message most likely
@@ -234,8 +263,9 @@ def _hold_failure(
     capped = max(0, len(targets) - max_entries)
     kept = targets[:max_entries]
     for target, rec in kept:
+        why = reasons.get(key(target), reason)
         effects.append(
-            Hold(_entry(target, entry_id, original_sender, rec, queue_id, instance, reason, now))
+            Hold(_entry(target, entry_id, original_sender, rec, queue_id, instance, why, now))
         )
         effects.append(SetRecordState(rec.srs, rec.record_id, "H"))
     if not relevant:
@@ -297,7 +327,8 @@ def hold_null_sender(
     now: float,
 ) -> tuple[Effect, ...]:
     """N entries for null-sender mail to recipients whose policy is "hold":
-    ``holds`` is (rcpt, target, contact) per recipient, in normal form.
+    ``holds`` is (rcpt, target, contact) per target of each such recipient
+    (each target once: the entry id names the held message), in normal form.
     Listed and expired like held bounces, they do not defer U mail: they do
     not mean the target is failing."""
     return tuple(
@@ -365,9 +396,12 @@ class QueueView:
     held: frozenset[str] = frozenset()
     #: Queue ids of every message in any queue (held ones included).
     queued: frozenset[str] = frozenset()
-    #: Recipients (normal form) of the null-sender messages in any queue:
-    #: bounces waiting to reach the milter (Sendmail queues its own bounces
-    #: before they pass it).
+    #: Recipients (normal form) of the null-sender messages in any queue but
+    #: the hold queue: bounces waiting to reach the milter (Sendmail queues
+    #: its own bounces before they pass it). A held bounce has passed it
+    #: already, and may be the one another target's entry still keeps (one
+    #: bounce for two targets, or two messages from one sender on one day):
+    #: it must not keep a requeued target from being released.
     bounces_to: frozenset[str] = frozenset()
 
     @classmethod
@@ -380,7 +414,7 @@ class QueueView:
             queued.add(queue_id)
             if queue == "hold":
                 held.add(queue_id)
-            if _null_sender(sender):
+            if _null_sender(sender) and queue != "hold":
                 bounces.update(key(r) for r in recipients)
         return cls(frozenset(held), frozenset(queued), frozenset(bounces))
 

@@ -399,7 +399,7 @@ def classify_rcpt(s: Settings, rcpt: str) -> RcptKind:
 class RcptDecision:
     """What RCPT TO decided for one recipient.
 
-    ``action``: "forward" (replace by the forward's target), "reverse"
+    ``action``: "forward" (replace by every target of the forward), "reverse"
     (replace by the SRS address's reversal), "hold" (null-sender mail this
     recipient wants held), "pass" (not ours: leave it), "refuse" (``reply``).
 
@@ -739,14 +739,20 @@ def decide_eom(s: Settings, tx: Transaction) -> EomDecision:
     kept = [(r, r.forward) for r in tx.rcpts if r.action == "hold" and r.forward]
 
     if kept:
+        # One N entry per target: the entry id names the held message, so a
+        # target two recipients share has one entry (the first recipient's).
+        holds: dict[str, tuple[str, str, str]] = {}
+        for r, f in kept:
+            for target in f.targets:
+                holds.setdefault(addr.key(target), (addr.key(r.rcpt), addr.key(target), f.contact))
         effects = hold_null_sender(
-            ((addr.key(r.rcpt), addr.key(f.target), f.contact) for r, f in kept),
+            holds.values(),
             instance=s.instance,
             queue_id=tx.queue_id,
             msg_id=tx.msg_id,
             now=tx.now,
         )
-        log.append(("action", "hold-null-sender"))
+        log += [("action", "hold-null-sender"), ("to", ",".join(map(_bracket, holds)))]
         return EomDecision(
             quarantine="fwdmilter: null-sender mail held by the recipient's policy",
             add_headers=auth,
@@ -758,11 +764,7 @@ def decide_eom(s: Settings, tx: Transaction) -> EomDecision:
     if reversals:
         return _decide_reversal(s, tx, reversals[0], auth, del_headers, log)
 
-    delrcpt: list[str] = []
-    addrcpt: list[tuple[str, tuple[str, ...]]] = []
-    for r, fwd in forwards:
-        delrcpt.append(r.rcpt)
-        addrcpt.append((_bracket(fwd.target), _rcpt_params(r)))
+    delrcpt, addrcpt, pairs = _expand(forwards)
     if not forwards:
         log.append(("action", "pass"))
         return EomDecision(add_headers=auth, del_headers=del_headers, log=tuple(log))
@@ -792,13 +794,13 @@ def decide_eom(s: Settings, tx: Transaction) -> EomDecision:
                         msg_id=tx.msg_id,
                         state=tx.mail.state,
                         sender=tx.mail.sender,
-                        rcpt=addr.key(r.rcpt),
-                        target=addr.key(fwd.target),
+                        rcpt=rcpt,
+                        target=target,
                         created=tx.now,
                         instance=s.instance,
                         queue_id=tx.queue_id,
                     )
-                    for i, (r, fwd) in enumerate(forwards)
+                    for i, (rcpt, target) in enumerate(pairs)
                 )
             ),
         )
@@ -813,6 +815,29 @@ def decide_eom(s: Settings, tx: Transaction) -> EomDecision:
         effects=effects_out,
         log=tuple(log),
     )
+
+
+def _expand(
+    forwards: Sequence[tuple[RcptDecision, Forward]],
+) -> tuple[list[str], list[tuple[str, tuple[str, ...]]], list[tuple[str, str]]]:
+    """Each forwarded recipient is replaced by every target of its forward
+    (1-1 or 1-many): the recipients to delete, the targets to add with their
+    ESMTP parameters, and the (recipient, target) pairs that get a message
+    record, all in normal form but the first two. A target that two
+    recipients of the transaction share is added once, with the first one's
+    parameters (the MTA would deliver it twice otherwise); each pair still
+    has its record, so that a bounce finds whichever recipient it is for."""
+    delrcpt: list[str] = []
+    added: dict[str, tuple[str, tuple[str, ...]]] = {}
+    pairs: dict[tuple[str, str], None] = {}
+    for r, fwd in forwards:
+        delrcpt.append(r.rcpt)
+        params = _rcpt_params(r)
+        for target in fwd.targets:
+            target_key = addr.key(target)
+            added.setdefault(target_key, (_bracket(target), params))
+            pairs.setdefault((addr.key(r.rcpt), target_key), None)
+    return delrcpt, list(added.values()), list(pairs)
 
 
 def _decide_reversal(
@@ -840,6 +865,8 @@ def _decide_reversal(
         queue_id=tx.queue_id,
         now=tx.now,
         max_entries=s.max_entries_per_bounce,
+        failed=bounce.failed,
+        reasons=bounce.failed_reasons,
     )
     # "reverse" in the log, as before the kinds: admins grep for it.
     action = "reverse" if decision.action == "deliver" else decision.action

@@ -90,7 +90,7 @@ SRS_MALFORMED = permanent(550, "5.1.3", "Malformed SRS bounce address")
 TARGET_HELD = temporary(
     451,
     "4.7.1",
-    "Mail for this recipient is held while its forwarding target refuses mail; "
+    "Mail for this recipient is held while a target of this address refuses mail; "
     "unverified senders are deferred, try again later",
 )
 

@@ -251,8 +251,7 @@ MEANINGS: Final[dict[str, str]] = {
         " cookies `Secure`. Must be set for `fwdmilter-web` and `--confirm`."
     ),
     "web.mail_from": (
-        "Envelope and `From:` sender of the service's mails; empty: `postmaster@` the"
-        " SRS domain."
+        "Envelope and `From:` sender of the service's mails; empty: `postmaster@` the SRS domain."
     ),
     "web.confirm_hours": (
         "How long a confirmation link, and the pending target it confirms, stays valid."
@@ -415,10 +414,11 @@ REPLY_MEANINGS: Final[dict[str, str]] = {
         " expired (`web.confirm_hours`). The owner must ask again."
     ),
     "TARGET_HELD": (
-        "RCPT, mail from an unverified sender (U) for a forwarding address whose target"
-        " has held or requeued mail. The client retries; once the admin requeued the"
-        " held mail and it was delivered, the mail goes through. Verified (B) mail is"
-        " not deferred."
+        "RCPT, mail from an unverified sender (U) for a forwarding address one of whose"
+        " targets has held or requeued mail: the whole address waits, every target (the"
+        " milter can hold a message only whole; the sender's server keeps it meanwhile)."
+        " The client retries; once the admin requeued the held mail and it was delivered,"
+        " the mail goes through. Verified (B) mail is not deferred and goes to every target."
     ),
     "SPLIT_TRANSACTION": (
         "RCPT, a recipient whose mail needs another outcome than the recipients already"

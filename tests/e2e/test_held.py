@@ -295,3 +295,80 @@ def test_drop_discards_an_entry_and_its_held_bounce_at_once(world: World) -> Non
     assert w.held("--target", target) == []
     assert entry["queue_id"] not in {q.queue_id for q in w.border.queue("hold")}
     assert w.send(f"u{tok}@neutral.example", rcpt, f"flows {tok}").accepted
+
+
+def test_two_targets_one_refusing_hold_and_requeue_that_target_alone(world: World) -> None:
+    w = world
+    tok = unique()
+    rcpt, contact = f"f{tok}@fwd.example", f"c{tok}@mobile.example"
+    good, bad = f"g{tok}@downstream.example", f"b{tok}@downstream.example"
+    w.fm.fwdctl("forward", "set", rcpt, good, bad, "--contact", contact)
+    sender = f"s{tok}@softfail.example"
+
+    def titled(text: str) -> Any:
+        return lambda m: str(m.email["Subject"]) == text
+
+    with w.sink.refusing(bad, "550 5.1.1 mailbox unknown"):
+        assert w.send(sender, rcpt, f"two {tok}").accepted
+        (entry,) = wait_held(w, bad)
+        w.mail.wait_for(good, match=titled(f"two {tok}"))
+    # Held for the refusing target only; the other one got its copy.
+    assert (entry["rcpt"], entry["sender"]) == (rcpt, sender)
+    assert w.held("--target", good) == []
+    # The admins and the contact hear which target failed.
+    alert = w.mail.wait_for(ADMIN, match=lambda m: bad in str(m.email["Subject"]))
+    assert contact in alert.rcpt_addresses
+    assert good not in alert.email.get_content()
+    # U mail for the address waits, for both targets; B mail goes to both.
+    t = w.send(f"u{tok}@neutral.example", rcpt, f"deferred {tok}")
+    assert t.rcpt(rcpt).startswith(str(replies.TARGET_HELD)), t
+    assert w.send(f"v{tok}@pass.example", rcpt, f"verified {tok}").accepted
+    for target in (good, bad):
+        w.mail.wait_for(target, match=titled(f"verified {tok}"))
+    # The downstream is fixed: the requeue goes to the failed target alone ...
+    done = w.fm.fwdctl("held", "requeue", "--target", bad)
+    assert f"submitted to {bad}" in done.stdout
+    again = w.mail.wait_for(bad, match=titled(f"two {tok}"))
+    assert again.rcpt_addresses == [bad]
+    # ... and its delivery notice releases it.
+    deadline = time.monotonic() + 20
+    while w.held("--target", bad) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert w.held("--target", bad) == [], w.fm.log()[-2000:]
+    w.mail.wait_idle()
+    assert len(w.sink.messages(good, match=titled(f"two {tok}"))) == 1  # never twice
+    # U mail flows again, to both targets.
+    assert w.send(f"u{tok}@neutral.example", rcpt, f"again {tok}").accepted
+    for target in (good, bad):
+        w.mail.wait_for(target, match=titled(f"again {tok}"))
+    w.mail.assert_nothing_for(sender)
+
+
+def test_null_sender_kept_for_two_targets_is_requeued_target_by_target(world: World) -> None:
+    w = world
+    tok = unique()
+    rcpt = f"f{tok}@fwd.example"
+    one, two = f"n1{tok}@downstream.example", f"n2{tok}@downstream.example"
+    w.fm.fwdctl("forward", "set", rcpt, one, two, "--null-sender", "hold")
+    t = w.send("", rcpt, f"kept {tok}")
+    assert t.accepted, t
+    (first,) = wait_held(w, one, state="N")
+    (second,) = wait_held(w, two, state="N")
+    assert first["queue_id"] == second["queue_id"]  # one held message, an entry each
+    w.mail.assert_nothing_for(one)
+    w.mail.assert_nothing_for(two)
+    # The first target's requeue forwards it there alone; the held message
+    # stays for the second.
+    done = w.fm.fwdctl("held", "requeue", "--target", one)
+    assert "its held message stays" in done.stdout, done.stdout
+    got = w.mail.wait_for(one, match=lambda m: f"kept {tok}" in str(m.email["Subject"]))
+    assert (got.mail_from, got.rcpt_addresses) == ("", [one])
+    assert first["queue_id"] in {q.queue_id for q in w.border.queue("hold")}
+    w.mail.assert_nothing_for(two)
+    done = w.fm.fwdctl("held", "requeue", "--target", two)
+    assert "with its held message" in done.stdout, done.stdout
+    got = w.mail.wait_for(two, match=lambda m: f"kept {tok}" in str(m.email["Subject"]))
+    assert got.rcpt_addresses == [two]
+    assert first["queue_id"] not in {q.queue_id for q in w.border.queue("hold")}
+    assert w.held("--target", one) == w.held("--target", two) == []
+    assert len(w.sink.messages(one, match=lambda m: f"kept {tok}" in str(m.email["Subject"]))) == 1

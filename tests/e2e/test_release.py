@@ -358,3 +358,49 @@ def test_expiring_requeued_mail_never_says_discarded(world: World) -> None:
     body = " ".join(notice.email.get_content().split())
     assert "Nothing was discarded" in body and requeued["requeue_id"] in body
     w.mail.assert_nothing_for(contact, match=lambda m: "discarded" in str(m.email["Subject"]))
+
+
+def test_two_targets_failing_in_one_bounce_are_requeued_and_released_one_by_one(
+    world: World,
+) -> None:
+    # Both targets refuse: one bounce names both, so one held message has an
+    # entry for each. Each is requeued and released on its own; the address
+    # waits until the last is released.
+    w = world
+    tok = unique()
+    rcpt = f"f{tok}@fwd.example"
+    one, two = f"a{tok}@target.example", f"b{tok}@target.example"
+    w.fm.fwdctl("forward", "set", rcpt, one, two)
+    with w.sink.refusing(one, "550 5.1.1 unknown"), w.sink.refusing(two, "552 5.2.2 full"):
+        assert w.send(f"s{tok}@softfail.example", [rcpt], f"both {tok}").accepted
+        first, second = wait_state(w, one, "H"), wait_state(w, two, "H")
+    assert first["queue_id"] == second["queue_id"]
+    assert "5.1.1" in first["reason"] and "5.2.2" in second["reason"]
+    out = w.fm.fwdctl("held", "requeue", "--target", one)
+    assert "its held message stays: another entry needs it" in out.stdout, out.stdout
+    assert first["queue_id"] in w.hold_queue()
+    requeued = wait_state(w, one, "R")
+    got = w.mail.wait_for(one, match=lambda m: str(m.email["Subject"]) == f"both {tok}")
+    assert got.rcpt_addresses == [one]
+    deadline = time.monotonic() + 20
+    while w.held("--target", one) and time.monotonic() < deadline:
+        w.fm.fwdctl("held", "release")
+        time.sleep(0.3)
+    assert w.held("--target", one) == [], requeued
+    # The other target is still held: the whole address still waits.
+    assert wait_state(w, two, "H")["entry_id"] == second["entry_id"]
+    t = w.send(f"u{tok}@neutral.example", [rcpt], f"deferred {tok}")
+    assert t.rcpt(rcpt).startswith(DEFERRED), t
+    out = w.fm.fwdctl("held", "requeue", "--target", two)
+    assert "with its held message" in out.stdout, out.stdout
+    assert first["queue_id"] not in w.hold_queue()
+    w.mail.wait_for(two, match=lambda m: str(m.email["Subject"]) == f"both {tok}")
+    deadline = time.monotonic() + 20
+    while w.held("--target", two) and time.monotonic() < deadline:
+        w.fm.fwdctl("held", "release")
+        time.sleep(0.3)
+    assert w.held("--target", two) == []
+    w.mail.wait_idle()
+    assert len(w.sink.messages(one, match=lambda m: str(m.email["Subject"]) == f"both {tok}")) == 1
+    assert w.send(f"u{tok}@neutral.example", [rcpt], f"flows {tok}").accepted
+    w.mail.assert_nothing_for(f"s{tok}@softfail.example")

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from fwdmilter import replies
 from fwdmilter.mta.sendmail import Sendmail
 from tests.e2e.test_sendmail import fm, held, rcpt_reply, send, sendmail
 from tests.harness.fwdmilter_proc import FwdMilter
@@ -93,3 +94,35 @@ def test_requeued_mail_that_fails_again_in_sendmail_is_held_again(
     assert held(fm, target)[0]["state"] == "H"
     assert rcpt_reply(sendmail, f"u{tok}@softfail.example", rcpt).startswith("451 4.7.1")
     fm.fwdctl("held", "drop", "--target", target)
+
+
+def test_two_targets_one_refusing_only_it_is_held_requeued_and_released(
+    fm: FwdMilter, sendmail: SendmailInstance, mail: MailWorld
+) -> None:
+    tok = unique()
+    rcpt = f"f{tok}@fwd.example"
+    good, bad = f"g{tok}@target.example", f"b{tok}@target.example"
+    fm.fwdctl("forward", "set", rcpt, good, bad)
+    with mail.sink.refusing(bad, "550 5.1.1 unknown"):
+        t = send(mail, sendmail, f"s{tok}@softfail.example", rcpt, tok)
+        assert t.accepted, t
+        fm.wait_log(rf"sender=<> rcpts=<SRS0=[^>]*{tok}@fwd.example> .*action=hold")
+        mail.wait_for(good, listener="internet", match=lambda m: m.email["Subject"] == tok)
+    (entry,) = held(fm, bad)
+    assert (entry["state"], entry["rcpt"]) == ("H", rcpt)
+    assert held(fm, good) == []
+    assert rcpt_reply(sendmail, f"u{tok}@softfail.example", rcpt).said(replies.TARGET_HELD)
+    out = fm.fwdctl("held", "requeue", "--target", bad)
+    assert f"submitted to {bad}" in out.stdout
+    (requeued,) = held(fm, bad)
+    again = mail.wait_for(bad, listener="internet", match=lambda m: m.email["Subject"] == tok)
+    assert again.rcpt_addresses == [bad]
+    wait_gone(sendmail, requeued["requeue_id"])
+    out = fm.fwdctl("held", "release")
+    assert f"released: {requeued['requeue_id']} was delivered by the MTA" in out.stdout
+    assert held(fm, bad) == []
+    mail.wait_idle()
+    # The target that got the message the first time never got it twice.
+    assert len(mail.sink.messages(good, match=lambda m: m.email["Subject"] == tok)) == 1
+    assert rcpt_reply(sendmail, f"u{tok}@softfail.example", rcpt).startswith("250")
+    mail.assert_nothing_for(f"s{tok}@softfail.example")

@@ -10,21 +10,30 @@ afterwards. Placeholders in the files:
 ``{target}``        ... and its target, a mailbox behind INNER
 ``{other_rcpt}``    a second forwarding address, and
 ``{other_target}``  its target
+``{failing_target}`` a mailbox INNER refuses at RCPT (550 5.1.1): the BORDER
+                    itself bounces what it forwards there
 ``{srs}``           the SRS sender the forwarded message reached the sink with
                     (set by the first step that has ``delivered``)
 
 ``[forward]`` may give ``target``: the case's target as the admin types it;
-and the recipient's own policy: ``spf_actions`` (a table, SPF result to
-action), ``rewrite`` ("srs", "when-needed", "none") and ``trusted`` (a list
-of networks and domains), set with ``fwdctl forward policy`` and
-``fwdctl forward trust`` as an admin would.
-A step may check the message the sink got (``delivered``): ``sender_kept``
-(true: its envelope sender is the step's ``from``; false: an SRS address)
-and ``headers`` (a table: a text each header named must contain).
-``[result]`` may say: ``held`` (entries for the case's targets), ``log`` (a
-regular expression a decision line with the token matches), ``delivered`` /
-``not_delivered`` (an address the sink did / did not get mail for), and
-``srs_local_max`` (octets the SRS sender's local part may have).
+or ``targets``, a list: several targets for ``{rcpt}`` (``fwdctl forward set
+RCPT TARGET TARGET``); and the recipient's own policy: ``spf_actions`` (a
+table, SPF result to action), ``rewrite`` ("srs", "when-needed", "none")
+and ``trusted`` (a list of networks and domains), set with ``fwdctl forward
+policy`` and ``fwdctl forward trust`` as an admin would.
+
+A step may say ``delivered`` (an address, or a list: each gets this step's
+message), ``bounced = true`` (the step's sender gets a bounce from the null
+sender: a normal bounce of verified mail) and ``held`` (wait until the
+case's targets have that many H or R entries before the next step). It may
+check each message the sink got (``delivered``): ``sender_kept`` (true: its
+envelope sender is the step's ``from``; false: an SRS address) and
+``headers`` (a table: a text each header named must contain).
+``[result]`` may say: ``held`` (entries for the case's targets, all for
+``held_for``, by default ``{target}``), ``log`` (a regular expression a
+decision line with the token matches), ``delivered`` / ``not_delivered``
+(an address the sink did / did not get mail for), and ``srs_local_max``
+(octets the SRS sender's local part may have).
 
 An expected reply is a code (``"250"``) or the name of one of the milter's
 replies in ``fwdmilter.replies``, whose code, status and text must all be
@@ -34,8 +43,9 @@ there: a 451 from the MTA itself (milter down or timed out) matches none.
 from __future__ import annotations
 
 import re
+import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +57,7 @@ from tests.harness.fwdmilter_proc import FwdMilter
 from tests.harness.mail_fixtures import OUTSIDE, BorderFactory, MailWorld, SendmailFactory
 from tests.harness.postfix import RuntimeDir
 from tests.harness.sendmail import SendmailInstance
+from tests.harness.sink import Message
 from tests.harness.smtp import Reply, Transcript, make_message, unique
 
 pytestmark = pytest.mark.e2e
@@ -137,6 +148,33 @@ def _check_replies(t: Transcript, expect: list[str], where: str) -> None:
         assert t.accepted, f"{where}: the data was not accepted\n{t}"
 
 
+def _counted(site: Site, targets: set[str]) -> list[dict[str, Any]]:
+    return [e for e in site.fm.held() if e["target"] in targets and e["state"] in ("H", "R")]
+
+
+def _wait_held(site: Site, targets: set[str], count: int, where: str) -> None:
+    deadline = time.monotonic() + 30
+    while len(_counted(site, targets)) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{where}: {count} held entries for {sorted(targets)} not seen: "
+                f"{site.fm.held()}\n{site.fm.log()[-3000:]}\n{site.mail.explain()}"
+            )
+        time.sleep(0.2)
+
+
+def _any(m: Message) -> bool:
+    return True
+
+
+def _subject_is(subject: str) -> Callable[[Message], bool]:
+    return lambda m: str(m.email["Subject"]) == subject
+
+
+def _listed(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
 def _set_policy(site: Site, rcpt: str, given: dict[str, Any]) -> None:
     """The recipient's own policy, set as the admin sets it."""
     args = [f"--spf-{result}={action}" for result, action in given.get("spf_actions", {}).items()]
@@ -156,15 +194,19 @@ def _run(site: Site, case: dict[str, Any]) -> None:
         "target": f"alice+{tok}@inner.example",
         "other_rcpt": f"o{tok}@fwd.example",
         "other_target": f"alice+o{tok}@inner.example",
+        "failing_target": f"nobody+{tok}@inner.example",
     }
+    forward = case.get("forward", {})
     # A case may type the target otherwise (case, say): the store keeps one
     # normal form, which is what the sink and the entries show.
-    typed = _fill(case.get("forward", {}).get("target", names["target"]), names)
-    site.fm.fwdctl("forward", "set", names["rcpt"], typed)
+    typed_targets = [
+        _fill(t, names) for t in forward.get("targets", [forward.get("target", names["target"])])
+    ]
+    site.fm.fwdctl("forward", "set", names["rcpt"], *typed_targets)
     site.fm.fwdctl("forward", "set", names["other_rcpt"], names["other_target"])
-    given = case.get("forward", {})
-    if any(k in given for k in ("spf_actions", "rewrite", "trusted")):
-        _set_policy(site, names["rcpt"], given)
+    targets = {names["target"], names["other_target"], *(t.lower() for t in typed_targets)}
+    if any(k in forward for k in ("spf_actions", "rewrite", "trusted")):
+        _set_policy(site, names["rcpt"], forward)
     for n, step in enumerate(case["step"], 1):
         where = f"step {n}"
         sender = _fill(step["from"], names)
@@ -177,12 +219,10 @@ def _run(site: Site, case: dict[str, Any]) -> None:
         domain = sender.rpartition("@")[2] if sender else "inner.example"
         t = site.mail.send(site.mta, sender, to, message, source_ip=OUTSIDE, helo=f"helo.{domain}")
         _check_replies(t, [_fill(e, names) for e in step["expect"]], where)
-        if "delivered" in step:
-            # A plain message is told by its subject (a case may send several).
-            def fits(m: Any, subject: str = subject, plain: bool = "message" not in step) -> bool:
-                return not plain or m.email["Subject"] == subject
-
-            got = site.mail.wait_for(_fill(step["delivered"], names), match=fits)
+        # This step's own message, where the step made it.
+        mine = _any if "message" in step else _subject_is(subject)
+        for address in _listed(step.get("delivered", [])):
+            got = site.mail.wait_for(_fill(address, names), match=mine)
             names.setdefault("srs", got.mail_from)
             if "sender_kept" in step:
                 kept = got.mail_from == sender
@@ -191,6 +231,10 @@ def _run(site: Site, case: dict[str, Any]) -> None:
             for header, text in step.get("headers", {}).items():
                 value = str(got.email[header])
                 assert _fill(text, names) in value, f"{where}: {header}: {value}"
+        if step.get("bounced"):
+            site.mail.wait_for(sender, mail_from="", listener="internet")
+        if "held" in step:
+            _wait_held(site, targets, step["held"], where)
     result = case.get("result", {})
     if "srs_local_max" in result:
         local = names["srs"].rpartition("@")[0]
@@ -200,11 +244,11 @@ def _run(site: Site, case: dict[str, Any]) -> None:
     if "log" in result:
         site.fm.wait_log(re.escape(tok) + r".*" + result["log"])
     if "held" in result:
-        targets = {names["target"], names["other_target"]}
         entries = site.fm.held()
         mine = [e for e in entries if e["target"] in targets]
         assert len(mine) == result["held"], mine
-        assert all(e["target"] == names["target"] for e in mine), mine
+        held_for = _fill(result.get("held_for", "{target}"), names)
+        assert all(e["target"] == held_for for e in mine), mine
     if "not_delivered" in result:
         site.mail.assert_nothing_for(_fill(result["not_delivered"], names))
 

@@ -108,9 +108,12 @@ def fuzz_rt(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer) -> Iterato
     tmp = tmp_path_factory.mktemp("fuzz")
     rt = make_runtime(tmp, dns, f'url = "sqlite://{tmp}/state.db"')
     rt.store.put_forward(Forward("bob@fwd.example", ("bob@inner.example",), contact="c@x.example"))
-    rt.store.put_forward(Forward("carol@fwd.example", ("Carol@Inner.Example",)))
+    # Several targets, one shared with bob: expanded, shared ones added once.
+    rt.store.put_forward(Forward("carol@fwd.example", ("Carol@Inner.Example", "bob@inner.example")))
     rt.store.put_forward(Forward("old@fwd.example", (), moved_to="new@elsewhere.example"))
-    rt.store.put_forward(Forward("nul@fwd.example", ("nul@inner.example",), null_sender="hold"))
+    rt.store.put_forward(
+        Forward("nul@fwd.example", ("nul@inner.example", "nul@phone.example"), null_sender="hold")
+    )
     # A recipient with a policy of its own: its SPF actions, its sender
     # rewrite, trusted forwarders whose checks fail, miss and pass.
     rt.store.put_forward(

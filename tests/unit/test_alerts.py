@@ -128,3 +128,34 @@ def test_nobody_to_tell_marks_the_entry_alerted(sink: Sink, store: SQLiteStore) 
     got = store.get_held(e.target, e.entry_id)
     assert got is not None and got.alerted
     assert replace(got, alerted=False) != got
+
+
+def test_two_held_targets_of_one_address_get_an_alert_each_naming_it(
+    sink: Sink, store: SQLiteStore
+) -> None:
+    tok = unique()
+    admin, contact = f"admin{tok}@a.example", f"c{tok}@mobile.example"
+    cfg = make_cfg(sink, admin)
+    t1, t2 = f"one{tok}@dest.example", f"two{tok}@other.example"
+    # One bounce named both targets of f@fwd.example: an entry each, one
+    # held message; the contact comes from the entry.
+    e1, e2 = held_entry(t1, 1, contact=contact), held_entry(t2, 1, contact=contact)
+    e2 = replace(e2, reason="552 5.2.2 over quota")
+    for e in (e1, e2):
+        store.hold(e)
+    results = alerts.send_alerts(cfg, store, [e1, e2])
+    assert [(r.target, r.told) for r in results] == [(t1, (admin, contact)), (t2, (admin, contact))]
+    got = sink.wait_for_all(contact, count=2, timeout=10)
+    by_target = {m.email["X-Fwdmilter-Held"].split()[0]: m for m in got}
+    assert set(by_target) == {t1, t2}
+    for target, other, reason in ((t1, t2, "reason 1"), (t2, t1, "over quota")):
+        m = by_target[target]
+        assert subject(m) == f"Mail for {target} is held: its delivery failed"
+        body = m.email.get_content()
+        assert f"forwarded mail to {target}," in body and reason in body
+        assert f"fwdctl held requeue --target {target}\r\n" in body
+        assert other not in body  # each alert is about its own target only
+        # The whole address waits, and the alert says so.
+        assert "unverified senders for f@fwd.example is deferred" in body
+        assert "all its targets waits" in body
+    assert all(e.alerted for e in store.held())

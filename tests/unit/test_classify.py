@@ -253,3 +253,58 @@ def test_a_failure_without_status_is_reported_as_5_0_0() -> None:
     )
     c = classify(raw, null_sender=True)
     assert (c.kind, c.reason) == (Kind.FAILURE, "5.0.0 550 gone")
+
+
+# -- which recipients failed (several targets: only those are held) ----------------
+
+
+def test_a_failure_names_its_failed_recipients_final_then_original() -> None:
+    c = classify(load("postfix-failed.eml"), null_sender=True)
+    assert c.failed == ("broken@inner.example", "bob@fwd.example")
+
+
+def test_only_the_failed_blocks_are_named_in_normal_form_once() -> None:
+    raw = failed_dsn(
+        b"Final-Recipient: rfc822; ok@inner.example\nOriginal-Recipient: rfc822;bob@fwd.example\n"
+        b"Action: delivered\nStatus: 2.0.0\n\n"
+        b"Final-Recipient: rfc822; <Broken+x@Inner.Example>\n"
+        b"Original-Recipient: rfc822;bob@fwd.example\nAction: failed\nStatus: 5.1.1\n\n"
+        b"Final-Recipient: rfc822; gone+2B@inner.example\nAction: failed\nStatus: 5.1.1\n\n"
+        b"Final-Recipient: rfc822; broken+x@inner.example\nAction: failed\nStatus: 5.2.2\n"
+    )
+    c = classify(raw, null_sender=True)
+    assert c.kind is Kind.FAILURE
+    # xtext decoded ("+2B" is "+"), lower case, no brackets, each once.
+    assert c.failed == ("broken+x@inner.example", "bob@fwd.example", "gone+@inner.example")
+
+
+@pytest.mark.parametrize(
+    "name", ["delayed.eml", "relayed.eml", "not-a-dsn.eml", "exim-failed.eml", "vacation.eml"]
+)
+def test_what_is_no_failure_dsn_names_no_failed_recipient(name: str) -> None:
+    # Legacy bounces (qmail's, Exim's) keep holding every target that got
+    # the message: a detector's guess at an address narrows nothing.
+    assert classify(load(name), null_sender=True).failed == ()
+
+
+def test_a_failed_block_without_addresses_names_nothing() -> None:
+    raw = failed_dsn(b"Action: failed\nStatus: 5.1.1\n")
+    c = classify(raw, null_sender=True)
+    assert (c.kind, c.failed) == (Kind.FAILURE, ())
+
+
+def test_each_failed_recipient_has_its_own_reason() -> None:
+    raw = failed_dsn(
+        b"Final-Recipient: rfc822; one@inner.example\nOriginal-Recipient: rfc822;bob@fwd.example\n"
+        b"Action: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 unknown\n\n"
+        b"Final-Recipient: rfc822; two@inner.example\nOriginal-Recipient: rfc822;bob@fwd.example\n"
+        b"Action: failed\nStatus: 5.2.2\nDiagnostic-Code: smtp; 552 mailbox full\n"
+    )
+    c = classify(raw, null_sender=True)
+    assert c.reason == "550 5.1.1 unknown"  # the first, for the log line
+    assert c.failed == ("one@inner.example", "bob@fwd.example", "two@inner.example")
+    assert dict(c.failed_reasons) == {
+        "one@inner.example": "550 5.1.1 unknown",
+        "bob@fwd.example": "550 5.1.1 unknown",  # the first block naming it
+        "two@inner.example": "5.2.2 552 mailbox full",
+    }

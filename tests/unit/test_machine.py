@@ -36,7 +36,12 @@ def rec(
 
 
 def decide(
-    kind: Kind, records: list[MessageRecord], ids: tuple[str, ...] = (), cap: int = 10
+    kind: Kind,
+    records: list[MessageRecord],
+    ids: tuple[str, ...] = (),
+    cap: int = 10,
+    failed: tuple[str, ...] = (),
+    reasons: tuple[tuple[str, str], ...] = (),
 ) -> machine.BounceDecision:
     return machine.decide_bounce(
         kind=kind,
@@ -49,6 +54,8 @@ def decide(
         queue_id="QB",
         now=NOW,
         max_entries=cap,
+        failed=failed,
+        reasons=reasons,
     )
 
 
@@ -319,3 +326,97 @@ def test_kept_null_sender_entries_are_whole() -> None:
             ("eve@fwd.example", "eve@inner.example", ""),
         ]
     ]
+
+
+# -- several targets: a failure holds only the targets it names ------------------------
+
+GOOD, BAD = "alice@inner.example", "broken@inner.example"
+
+
+def two_targets(state: RecordState = "U", msg_id: str = "m1") -> list[MessageRecord]:
+    return [rec(GOOD, state, msg_id, 0), rec(BAD, state, msg_id, 1)]
+
+
+def test_a_failure_naming_one_of_two_targets_holds_that_target_only() -> None:
+    d = decide(Kind.FAILURE, two_targets(), ("m1",), failed=(BAD, "bob@fwd.example"))
+    assert d.action == "hold"
+    assert holds(d) == [BAD]
+    assert states(d) == [("m1.1", "H")]  # the good target's record stays U
+
+
+def test_a_failure_naming_both_targets_holds_both() -> None:
+    d = decide(Kind.FAILURE, two_targets(), ("m1",), failed=(GOOD, BAD))
+    assert sorted(holds(d)) == [GOOD, BAD]
+
+
+@pytest.mark.parametrize(
+    "failed",
+    [
+        (),  # a legacy bounce: no DSN, nothing tells the targets apart
+        ("alice-rewritten@mailhost.example", "bob@fwd.example"),  # a downstream rewrote it
+    ],
+)
+def test_a_failure_naming_none_of_the_targets_holds_every_relevant_one(
+    failed: tuple[str, ...],
+) -> None:
+    d = decide(Kind.FAILURE, two_targets(), ("m1",), failed=failed)
+    assert sorted(holds(d)) == [GOOD, BAD]
+
+
+def test_the_failed_target_is_matched_in_normal_form() -> None:
+    records = [rec(GOOD, "U", "m1", 0), rec("Broken@Inner.Example", "U", "m1", 1)]
+    d = decide(Kind.FAILURE, records, ("m1",), failed=(BAD,))
+    assert [h.lower() for h in holds(d)] == [BAD]
+
+
+def test_narrowing_comes_after_the_trace_id_pick() -> None:
+    # The failed target also got an older message under the same address:
+    # the trace id picks the message, the DSN the target.
+    records = [rec(BAD, "U", "old", 0), *two_targets(msg_id="m1")]
+    d = decide(Kind.FAILURE, records, ("m1",), failed=(BAD,))
+    assert states(d) == [("m1.1", "H")]
+
+
+def test_a_failure_of_the_verified_target_goes_to_the_sender() -> None:
+    # No trace id: a B message to the failed target and a U one to the other
+    # went out under one address; the DSN says which one failed.
+    records = [rec(GOOD, "U", "m0", 0), rec(BAD, "B", "m1", 0)]
+    assert decide(Kind.FAILURE, records, failed=(BAD,)).action == "deliver"
+    assert decide(Kind.FAILURE, records).action == "hold"
+
+
+def test_a_requeued_target_that_fails_again_is_reheld_alone() -> None:
+    records = [
+        rec(GOOD, "R", "r1", 0, held_id="mx1/QG"),
+        rec(BAD, "R", "r2", 0, held_id="mx1/QB0"),
+    ]
+    d = decide(Kind.FAILURE, records, failed=(BAD,))
+    reheld = [(e.target, e.entry_id) for e in d.effects if isinstance(e, Rehold)]
+    assert reheld == [(BAD, "mx1/QB0")]
+    assert holds(d) == []
+
+
+def test_a_success_releases_only_the_requeued_target_it_is_about() -> None:
+    records = [rec(GOOD, "U", "m1", 0), rec(BAD, "R", "r2", 0, held_id="mx1/QB0")]
+    d = decide(Kind.SUCCESS, records, ("r2",))
+    released = [(e.target, e.entry_id) for e in d.effects if isinstance(e, Release)]
+    assert (d.action, released) == ("discard", [(BAD, "mx1/QB0")])
+
+
+def test_each_held_target_keeps_its_own_reason() -> None:
+    reasons = ((GOOD, "550 5.1.1 unknown"), (BAD, "552 5.2.2 full"))
+    d = decide(Kind.FAILURE, two_targets(), ("m1",), failed=(GOOD, BAD), reasons=reasons)
+    got = {e.entry.target: e.entry.reason for e in d.effects if isinstance(e, Hold)}
+    assert got == dict(reasons)
+    # A target the DSN gives no reason for (none named: every target held)
+    # gets the bounce's own.
+    d = decide(Kind.FAILURE, two_targets(), ("m1",), reasons=((BAD, "552 5.2.2 full"),))
+    got = {e.entry.target: e.entry.reason for e in d.effects if isinstance(e, Hold)}
+    assert got == {GOOD: "550 5.2.2 mailbox full", BAD: "552 5.2.2 full"}
+
+
+def test_a_requeued_target_held_again_keeps_its_own_reason() -> None:
+    records = [rec(BAD, "R", "r2", 0, held_id="mx1/QB0")]
+    d = decide(Kind.FAILURE, records, failed=(BAD,), reasons=((BAD, "552 5.2.2 full"),))
+    (rehold,) = [e for e in d.effects if isinstance(e, Rehold)]
+    assert rehold.reason == "552 5.2.2 full"

@@ -128,6 +128,14 @@ def test_no_release_while_a_bounce_to_its_srs_address_waits() -> None:
     assert machine.decide_release(r, "mx1", view, "R") == ReleaseEntry(r)
 
 
+def test_a_held_bounce_another_target_keeps_does_not_block_the_release() -> None:
+    # One bounce named two targets; the first is requeued (same sender, same
+    # day: the same SRS address) while the second's entry keeps the bounce.
+    r = requeued()
+    view = QueueView.of([("hold", "4HLD", "MAILER-DAEMON", [r.srs])])
+    assert machine.decide_release(r, "mx1", view, "R") == ReleaseEntry(r)
+
+
 def test_no_release_once_a_failure_made_the_record_h() -> None:
     step = machine.decide_release(requeued(), "mx1", QueueView(), "H")
     assert isinstance(step, Keep) and "a bounce came back" in step.why
@@ -150,8 +158,9 @@ def test_queue_view_from_listings() -> None:
     )
     assert view.held == {"H1"}
     assert view.queued == {"H1", "D1", "A1"}
-    # Postfix's postqueue -j names the null sender MAILER-DAEMON; Sendmail "<>".
-    assert view.bounces_to == {"srs0=x@fwd.example", "y@z.example"}
+    # Postfix's postqueue -j names the null sender MAILER-DAEMON; Sendmail
+    # "<>". A held bounce has passed the milter: it waits for nothing.
+    assert view.bounces_to == {"y@z.example"}
     view = QueueView.of([("queue", "S1", "<>", ["<SRS0=Y@fwd.example>"])])
     assert view.bounces_to == {"srs0=y@fwd.example"}
 

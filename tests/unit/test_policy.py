@@ -938,7 +938,7 @@ def test_kept_null_sender_mail_is_the_whole_decision() -> None:
             msg_id="m1",
             now=NOW,
         ),
-        log=(("state", "U"), ("action", "hold-null-sender")),
+        log=(("state", "U"), ("action", "hold-null-sender"), ("to", "<bob@inner.example>")),
     )
     (entry,) = d.holds
     assert (entry.host, entry.queue_id, entry.msg_id, entry.held_at) == (

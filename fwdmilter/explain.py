@@ -179,7 +179,13 @@ def _rcpt(
             why.append(f"deleted, moved to {fwd.moved_to}")
         else:
             why.append(f"forwarded to {', '.join(fwd.targets)}")
-            why.append(f"its target has {info.held} held or requeued message(s)")
+            if len(fwd.targets) == 1:
+                why.append(f"its target has {info.held} held or requeued message(s)")
+            else:
+                why.append(
+                    f"its {len(fwd.targets)} targets have {info.held} held or requeued"
+                    " message(s) together (unverified mail waits while any has one)"
+                )
             if fwd.null_sender == "hold":
                 why.append("null-sender mail for it is kept in the hold queue")
     else:

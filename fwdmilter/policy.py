@@ -362,15 +362,14 @@ def rcpt_spf(
         return None, ""
     action, source = spf_action(s, spf, forward)
     refusal = spf_refusal(spf, action)
-    rcpt = forward.rcpt if forward is not None else ""
     if refusal is not None:
         if trust is not None and trust.entry:
-            return None, f"not enforced for {rcpt}: trusted forwarder {trust.entry}"
+            return None, f"not enforced: trusted forwarder {trust.entry} of a recipient"
         if trust is not None and trust.unsure and refusal.permanent:
             return replies.SPF_TEMPERROR, ""
         return refusal, ""
     if source == "recipient" and spf_refusal(spf, s.spf_actions.get(spf.result, "accept")):
-        return None, f"not enforced for {rcpt}: the recipient accepts spf={spf.result}"
+        return None, f"not enforced: a recipient's own policy accepts spf={spf.result}"
     return None, ""
 
 
@@ -693,9 +692,12 @@ def auth_results_value(tx: Transaction) -> str:
     """The Authentication-Results value for the message: MAIL FROM's, with
     a comment for each recipient that took mail its SPF result would have
     had refused (RFC 8601 section 2.3 allows comments after a result's
-    properties): ``spf=fail smtp.mailfrom=a@example.org (not enforced for
-    bob@fwd.example: trusted forwarder alumni.example)``."""
-    notes = [r.spf_note for r in tx.rcpts if r.spf_note]
+    properties): ``spf=fail smtp.mailfrom=a@example.org (not enforced:
+    trusted forwarder alumni.example of a recipient)``. The comments name
+    no recipient, and each reason comes once: every copy of the message
+    carries the header, and naming one recipient would tell the others
+    (a Bcc'd one, say) who else got it."""
+    notes = list(dict.fromkeys(r.spf_note for r in tx.rcpts if r.spf_note))
     if not notes:
         return tx.mail.auth_results
     return " ".join([tx.mail.auth_results, *(_comment(n) for n in notes)])

@@ -122,7 +122,7 @@ def test_the_recipients_own_policy_and_where_each_value_comes_from(fm: FwdMilter
     assert bob["reply"].startswith(str(replies.SPF_FAIL))
     assert (
         "Authentication-Results: border.fwd.example; spf=fail smtp.mailfrom=m@fail.example"
-        " (not enforced for alum@fwd.example: trusted forwarder alumni.example)"
+        " (not enforced: trusted forwarder alumni.example of a recipient)"
     ) in eom["why"]
     # Its own softfail action (from a client no forwarder lists); a verified
     # sender is kept.
@@ -261,3 +261,46 @@ def test_fwdctl_srs_writes_and_reverses_short_forms_as_the_milter(fm: FwdMilter)
     # Ordinary addresses reverse without the store, as before.
     plain = fm.fwdctl("srs", "forward", "a@pass.example").stdout.strip()
     assert fm.fwdctl("srs", "reverse", plain).stdout.strip() == "a@pass.example"
+
+
+def test_an_address_with_several_targets_waits_while_one_of_them_is_held(fm: FwdMilter) -> None:
+    fm.fwdctl("forward", "set", "pair@fwd.example", "p1@inner.example", "p2@inner.example")
+    store = open_store(StoreSettings(url=fm.settings["store"]["url"]), instance="x")
+    try:
+        store.hold(
+            HeldEntry(
+                "p2@inner.example",
+                "x/Q9",
+                "H",
+                "s@softfail.example",
+                "pair@fwd.example",
+                "Q9",
+                "x",
+                "550 5.1.1 gone",
+                1.0,
+            )
+        )
+    finally:
+        store.close()
+    args = ("--client", "192.0.2.99", "--helo", "x", "--from")
+    _, u_rcpt = stages(fm, *args, "u@softfail.example", "pair@fwd.example")[:2]
+    assert u_rcpt["reply"] == str(replies.TARGET_HELD)
+    assert "forwarded to p1@inner.example, p2@inner.example" in u_rcpt["why"]
+    assert (
+        "its 2 targets have 1 held or requeued message(s) together"
+        " (unverified mail waits while any has one)"
+    ) in u_rcpt["why"]
+    # A verified sender's mail goes to both targets all the same.
+    _, b_rcpt, b_eom = stages(
+        fm,
+        "--client",
+        "192.0.2.7",
+        "--helo",
+        "mx.pass.example",
+        "--from",
+        "a@pass.example",
+        "pair@fwd.example",
+    )
+    assert b_rcpt["reply"].startswith("250")
+    assert "recipient becomes <p1@inner.example>" in b_eom["why"]
+    assert "recipient becomes <p2@inner.example>" in b_eom["why"]

@@ -1111,10 +1111,10 @@ def test_a_recipient_may_accept_a_result_that_the_global_action_refuses() -> Non
     lenient = replace(BOB, spf_actions=(("fail", "accept"), ("temperror", "accept")))
     d = rcpt(lenient, mail(result="fail"))
     assert d.action == "forward" and d.sender_rewrite == "srs"
-    assert d.spf_note == "not enforced for bob@fwd.example: the recipient accepts spf=fail"
+    assert d.spf_note == "not enforced: a recipient's own policy accepts spf=fail"
     temp = rcpt(lenient, mail(result="temperror"))
     assert temp.action == "forward"
-    assert temp.spf_note == "not enforced for bob@fwd.example: the recipient accepts spf=temperror"
+    assert temp.spf_note == "not enforced: a recipient's own policy accepts spf=temperror"
     # An own action that agrees with the global one needs no note.
     same = replace(BOB, spf_actions=(("softfail", "accept"),))
     assert rcpt(same, mail(result="softfail")).spf_note == ""
@@ -1173,7 +1173,7 @@ def test_a_trusted_forwarder_skips_the_verdict_for_its_recipient_only() -> None:
     trust = policy.match_forwarder(ALUMNI.trusted, "203.0.113.5", {"alumni.example": "pass"})
     d = rcpt(ALUMNI, m, trust=trust)
     assert d.action == "forward"
-    assert d.spf_note == "not enforced for bob@fwd.example: trusted forwarder alumni.example"
+    assert d.spf_note == "not enforced: trusted forwarder alumni.example of a recipient"
     # Still U: a trusted forwarder verifies nothing about the sender.
     assert m.state == "U" and d.sender_rewrite == "srs"
     # Another recipient, or the same one from elsewhere: refused.
@@ -1204,9 +1204,16 @@ def test_the_authentication_results_say_why_a_refused_result_was_let_in() -> Non
     d = policy.decide_eom(S, tx(m, bob, carol))
     assert dict(d.add_headers)[policy.AUTH_RESULTS_HEADER] == (
         "mx.fwd.example; spf=fail smtp.mailfrom=alice@example.org"
-        " (not enforced for bob@fwd.example: trusted forwarder alumni.example)"
-        " (not enforced for carol@fwd.example: the recipient accepts spf=fail)"
+        " (not enforced: trusted forwarder alumni.example of a recipient)"
+        " (not enforced: a recipient's own policy accepts spf=fail)"
     )
+    # Every copy carries the header: it names no recipient, and a reason
+    # shared by several recipients comes once.
+    dave_fwd = replace(carol_fwd, rcpt="dave@fwd.example", targets=("dave@inner.example",))
+    dave = policy.decide_rcpt_forwarding(S, "<dave@fwd.example>", RcptInfo(dave_fwd), m, [])
+    value = policy.auth_results_value(tx(m, bob, carol, dave))
+    assert value.count("a recipient's own policy accepts spf=fail") == 1
+    assert "@fwd.example" not in value and "@inner.example" not in value
     # A comment holds no unquoted parenthesis or backslash.
     odd = replace(bob, spf_note="x (y) \\ z")
     value = policy.auth_results_value(tx(m, odd))

@@ -8,39 +8,20 @@ the forwarder exists to avoid. The fuzz tests (tests/fuzz) search for more.
 from __future__ import annotations
 
 import email.message
-from collections.abc import Iterator
 from pathlib import Path
 
 import Milter
-import pytest
 
 from fwdmilter import policy, replies, runtime
-from fwdmilter.store.base import Forward
-from tests.harness.dns import DnsServer
 from tests.milter.test_milter_ctx import (
     MESSAGE,
     Hooks,
     connect,
     feed,
     forwarded_u_message,
-    make_runtime,
     reply,
     said,
 )
-
-
-@pytest.fixture
-def rt(tmp_path: Path, dns: DnsServer) -> Iterator[runtime.Runtime]:
-    r = make_runtime(tmp_path, dns, f'url = "sqlite://{tmp_path}/state.db"')
-    r.store.put_forward(Forward("bob@fwd.example", ("bob@inner.example",)))
-    yield r
-    r.store.close()
-
-
-@pytest.fixture
-def hooks() -> Hooks:
-    return Hooks()
-
 
 BOUNCES = Path(__file__).parents[1] / "data" / "bounces"
 

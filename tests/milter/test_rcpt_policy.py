@@ -10,38 +10,19 @@ mx.relay.example list 192.0.2.0/24, relay.example and fail.example do not).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import Milter
-import pytest
 
 from fwdmilter import policy, replies, runtime
 from fwdmilter.states import Forward
-from tests.harness.dns import DnsServer
 from tests.milter.test_milter_ctx import (
     MESSAGE,
     Ctx,
     Hooks,
     connect,
     feed,
-    make_runtime,
     reply,
     said,
 )
-
-
-@pytest.fixture
-def rt(tmp_path: Path, dns: DnsServer) -> Iterator[runtime.Runtime]:
-    r = make_runtime(tmp_path, dns, f'url = "sqlite://{tmp_path}/state.db"')
-    r.store.put_forward(Forward("bob@fwd.example", ("bob@inner.example",)))
-    yield r
-    r.store.close()
-
-
-@pytest.fixture
-def hooks() -> Hooks:
-    return Hooks()
 
 
 def put(rt: runtime.Runtime, rcpt: str, **policy_fields: object) -> Forward:
@@ -121,9 +102,7 @@ def test_a_recipient_accepts_fail_that_others_refuse(rt: runtime.Runtime, hooks:
     put(rt, "lenient@fwd.example", spf_actions=(("fail", "accept"),))
     ctx = connect(rt, hooks)
     assert feed(ctx, "x@fail.example", "lenient@fwd.example") == Milter.CONTINUE
-    assert auth_results(ctx).endswith(
-        "(not enforced: a recipient's own policy accepts spf=fail)"
-    )
+    assert auth_results(ctx).endswith("(not enforced: a recipient's own policy accepts spf=fail)")
 
 
 def test_rewrite_none_keeps_a_verified_sender_and_rewrites_unverified_mail(

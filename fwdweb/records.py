@@ -266,6 +266,8 @@ def capabilities(cfg: Config) -> dict[str, Any]:
             "recipient_requeue": False,
         },
         "targets_confirmed": True,
+        # What a recipient may set for its own address (PATCH's fields).
+        "recipient_policy": ["spf_actions", "rewrite", "null_sender", "trusted"],
         "max_targets": cfg.forwarding.max_targets,
         "confirm_hours": cfg.web.confirm_hours,
         "sign_in": "a link mailed to the forward's current targets",

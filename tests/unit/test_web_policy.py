@@ -18,6 +18,7 @@ from fwdmilter import config, table
 from fwdmilter.confirm import digest, new_secret
 from fwdmilter.store.base import Forward, WebToken
 from fwdmilter.store.sqlite import SQLiteStore
+from fwdweb import records
 from fwdweb.app import CSRF_COOKIE, SESSION_COOKIE, create_app
 
 with warnings.catch_warnings():
@@ -221,3 +222,16 @@ def test_a_confirmation_past_max_targets_says_so(
     assert "no longer valid" not in r.text and "never existed" not in r.text
     fwd = _stored(store)
     assert fwd.targets == ("bob@inner.example", "bob@work.example") and fwd.pending == ""
+
+
+def test_openapi_names_every_field_of_the_record_and_of_a_change(
+    client: tuple[TestClient, dict[str, str]],
+) -> None:
+    c, auth = client
+    schemas = c.get("/api/v1/openapi.json").json()["components"]["schemas"]
+    assert set(schemas["Changes"]["properties"]) == set(records.FIELDS)
+    record = c.get(API, headers=auth).json()
+    assert set(schemas["Forward"]["properties"]) == set(record)
+    policy = schemas["Policy"]["properties"]
+    assert set(policy) == set(record["policy"])
+    assert set(policy["spf"]["properties"]) == set(record["policy"]["spf"])

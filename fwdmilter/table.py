@@ -152,7 +152,7 @@ def spf_actions(
             actions[result] = action
         else:
             raise TableError(
-                f"SPF {result}: action {action!r} is none of "
+                f"SPF {result}: action {action!r} is not one of "
                 + ", ".join(sorted(SPF_ACTIONS))
                 + f", {INHERIT}"
             )
@@ -164,8 +164,8 @@ def rewrite(value: object) -> SenderRewrite:
     if value == INHERIT:
         return ""
     if not isinstance(value, str) or not value or value not in SENDER_REWRITES:
-        names = ", ".join(sorted(v for v in SENDER_REWRITES if v))
-        raise TableError(f"rewrite {value!r} is none of {names}, {INHERIT}")
+        names = ", ".join(v for v in ("srs", "when-needed", "none") if v in SENDER_REWRITES)
+        raise TableError(f"rewrite {value!r} is not one of {names}, {INHERIT}")
     return cast(SenderRewrite, value)
 
 

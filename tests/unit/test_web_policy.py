@@ -103,10 +103,10 @@ def test_the_api_sets_and_drops_spf_actions_and_rewrite(
         ({"spf_actions": {"pass": "reject"}}, "SPF result 'pass'"),
         (
             {"spf_actions": {"fail": "bounce"}},
-            "action 'bounce' is none of accept, reject, tempfail",
+            "action 'bounce' is not one of accept, reject, tempfail",
         ),
         ({"spf_actions": "reject"}, "spf_actions must be an object"),
-        ({"rewrite": "sometimes"}, "rewrite 'sometimes' is none of"),
+        ({"rewrite": "sometimes"}, "rewrite 'sometimes' is not one of"),
         ({"add_trusted": "not a domain"}, "neither a network (CIDR) nor a domain"),
         ({"add_trusted": "localhost"}, "a domain needs a dot"),
         ({"add_trusted": ["192.0.2.1"]}, "add_trusted must be one forwarder"),
@@ -168,7 +168,7 @@ def test_the_page_shows_the_policy_in_plain_words_and_its_form_changes_it(
     fwd = _stored(store)
     assert fwd.spf_actions == (("softfail", "tempfail"),) and fwd.rewrite == "when-needed"
     r = c.post("/me/update", data={"csrf": csrf, "spf_fail": "sometimes"})
-    assert r.status_code == 400 and "action &#39;sometimes&#39; is none of" in r.text
+    assert r.status_code == 400 and "action &#39;sometimes&#39; is not one of" in r.text
     r = c.post("/me/update", data={"csrf": "forged", "spf_fail": "accept"})
     assert r.status_code == 403 and _stored(store).spf_action("fail") == ""
 

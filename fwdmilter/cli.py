@@ -48,7 +48,6 @@ import logging
 import os
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -167,18 +166,7 @@ def _check_address(value: str, what: str) -> str:
 
 def _configured_keys(cfg: config.Config) -> frozenset[str]:
     """The ``section.key`` names the configuration file sets (for ``show``)."""
-    if not cfg.path:
-        return frozenset()
-    try:
-        data = tomllib.loads(Path(cfg.path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return frozenset()  # config.load read it a moment ago; be quiet
-    return frozenset(
-        f"{section}.{key}"
-        for section, values in data.items()
-        if isinstance(values, dict)
-        for key in values
-    )
+    return table.configured_keys(cfg)
 
 
 def _forward_dict(f: Forward) -> dict[str, Any]:

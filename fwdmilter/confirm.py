@@ -67,7 +67,7 @@ __all__ = [
 
 log = logging.getLogger("fwdweb.audit")
 
-Outcome = Literal["confirmed", "declined", "invalid", "stale"]
+Outcome = Literal["confirmed", "declined", "invalid", "stale", "too-many"]
 #: What confirming does with the pending target (module docstring).
 Mode = Literal["replace", "add"]
 
@@ -195,8 +195,10 @@ def answer(
 
     The token is used up either way. "invalid": no such unexpired token
     (used, expired, never issued); "stale": the forward no longer waits for
-    that target (changed or deleted since), or adding it would give the
-    forward more than ``max_targets`` (0: no limit) targets.
+    that target (changed or deleted since); "too-many": adding it would give
+    the forward more than ``max_targets`` (0: no limit) targets (the admin
+    added some meanwhile): the link is used up, so the pending target is
+    withdrawn (the targets stay) and the forward returned.
     """
     token = store.take_token("confirm", digest(secret), now)
     if token is None:
@@ -220,7 +222,9 @@ def answer(
                 token.rcpt,
                 token.name,
             )
-            return "stale", fwd
+            fwd = dataclasses.replace(fwd, pending="", pending_expires=0.0, updated=now)
+            store.put_forward(fwd)
+            return "too-many", fwd
         fwd = dataclasses.replace(
             fwd, targets=targets, pending="", pending_expires=0.0, updated=now
         )

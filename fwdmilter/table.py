@@ -12,27 +12,36 @@ so that no writer lets through what another refuses:
   that is itself a forwarding address would reach no table lookup;
 - at most ``forwarding.max_targets`` targets per address;
 - a trusted forwarder is a network (CIDR, stored in canonical form) or a
-  domain (stored as a lower-case A-label).
+  domain (stored as a lower-case A-label);
+- a recipient's SPF action is one of ``states.SPF_ACTIONS`` for one of
+  ``states.SPF_RESULTS``, or ``inherit`` (drop it: the global one applies);
+  a recipient's rewrite is one of ``states.SENDER_REWRITES`` or
+  ``inherit`` (stored as ""). :func:`spf_actions` and :func:`rewrite`
+  apply such changes to a record's values.
 
 :func:`effective_policy` says what the milter applies to one recipient
 and where each value comes from (``recipient``, ``global``: set in the
 configuration file, or ``default``).
 
-Pure: no store, no I/O. Every refusal is a :class:`TableError` (a
-``ValueError``) whose text says why, for the admin or the recipient.
+Pure but for :func:`configured_keys`, which reads the configuration file
+again (what it sets, for the sources): no store, no other I/O. Every
+refusal is a :class:`TableError` (a ``ValueError``) whose text says why,
+for the admin or the recipient.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Iterable
-from typing import Any, Final
+import tomllib
+from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final, cast
 
 import idna
 
 from fwdmilter import addr
 from fwdmilter.config import Config, SPFSettings
-from fwdmilter.states import SPF_RESULTS, Forward
+from fwdmilter.states import SENDER_REWRITES, SPF_ACTIONS, SPF_RESULTS, Forward, SenderRewrite
 
 __all__ = [
     "TableError",
@@ -40,6 +49,10 @@ __all__ = [
     "check_targets",
     "check_count",
     "forwarder",
+    "spf_actions",
+    "rewrite",
+    "INHERIT",
+    "configured_keys",
     "effective_policy",
     "RECIPIENT",
     "GLOBAL",
@@ -49,6 +62,8 @@ __all__ = [
 RECIPIENT: Final = "recipient"
 GLOBAL: Final = "global"
 DEFAULT: Final = "default"
+#: The value that drops a recipient's own SPF action or rewrite.
+INHERIT: Final = "inherit"
 
 
 class TableError(ValueError):
@@ -115,6 +130,60 @@ def forwarder(value: str) -> str:
     if "." not in a_label or len(a_label) > 253 or a_label.rsplit(".", 1)[1].isdigit():
         raise TableError(f"forwarder {value!r}: a domain needs a dot and a name after it")
     return a_label.lower()
+
+
+def spf_actions(
+    current: Iterable[tuple[str, str]], changes: Mapping[str, object]
+) -> tuple[tuple[str, str], ...]:
+    """``current`` (SPF result, action) pairs with ``changes`` applied, in
+    the order of ``SPF_RESULTS``: ``{"softfail": "reject", "fail": "inherit"}``
+    sets one and drops the other."""
+    actions = dict(current)
+    for result, action in changes.items():
+        if result not in SPF_RESULTS:
+            raise TableError(
+                f"SPF result {result!r}: a recipient's action is for one of "
+                + ", ".join(SPF_RESULTS)
+                + " (pass is always accepted)"
+            )
+        if action == INHERIT:
+            actions.pop(result, None)
+        elif isinstance(action, str) and action in SPF_ACTIONS:
+            actions[result] = action
+        else:
+            raise TableError(
+                f"SPF {result}: action {action!r} is not one of "
+                + ", ".join(sorted(SPF_ACTIONS))
+                + f", {INHERIT}"
+            )
+    return tuple((r, actions[r]) for r in SPF_RESULTS if r in actions)
+
+
+def rewrite(value: object) -> SenderRewrite:
+    """A recipient's sender rewrite as stored ("" for ``inherit``)."""
+    if value == INHERIT:
+        return ""
+    if not isinstance(value, str) or not value or value not in SENDER_REWRITES:
+        names = ", ".join(v for v in ("srs", "when-needed", "none") if v in SENDER_REWRITES)
+        raise TableError(f"rewrite {value!r} is not one of {names}, {INHERIT}")
+    return cast(SenderRewrite, value)
+
+
+def configured_keys(cfg: Config) -> frozenset[str]:
+    """The ``section.key`` names the configuration file sets (the ``global``
+    sources of :func:`effective_policy`); none when it cannot be read again."""
+    if not cfg.path:
+        return frozenset()
+    try:
+        data = tomllib.loads(Path(cfg.path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return frozenset()  # config.load read it a moment ago; be quiet
+    return frozenset(
+        f"{section}.{key}"
+        for section, values in data.items()
+        if isinstance(values, dict)
+        for key in values
+    )
 
 
 def _global_source(configured: Collection[str], key: str) -> str:

@@ -47,6 +47,7 @@ from starlette.templating import Jinja2Templates
 
 from fwdmilter import __version__, addr, config, confirm
 from fwdmilter.errors import FwdmilterError, MTAError, StoreError
+from fwdmilter.states import SPF_RESULTS
 from fwdmilter.store.base import Forward, Store, WebToken
 from fwdweb import openapi, records
 from fwdweb.records import BadRequest
@@ -250,6 +251,67 @@ class RateLimited(Exception):
 # -- pages -------------------------------------------------------------------------
 
 
+def _changes_of(fields: dict[str, str]) -> dict[str, Any]:
+    """The changes a form of the record page asks for, as records.update takes
+    them: the policy form's ``spf_RESULT`` selects make one ``spf_actions``."""
+    changes: dict[str, Any] = {k: fields[k] for k in records.FIELDS if k in fields}
+    changes.pop("spf_actions", None)
+    spf = {r: fields[f"spf_{r}"] for r in SPF_RESULTS if f"spf_{r}" in fields}
+    if spf:
+        changes["spf_actions"] = spf
+    if "add_trusted" in fields and not fields["add_trusted"].strip():
+        raise BadRequest("give a network (such as 192.0.2.0/24) or a domain to trust")
+    return changes
+
+
+#: The SPF results in a recipient's words (RFC 7208 section 2.6).
+SPF_WORDS = {
+    "fail": "Mail whose sender's domain says it did not send it (SPF fail)",
+    "softfail": "Mail whose sender's domain says it probably did not send it (SPF softfail)",
+    "neutral": "Mail whose sender's domain will not say whether it sent it (SPF neutral)",
+    "none": "Mail whose sender's domain publishes no SPF record (SPF none)",
+    "permerror": "Mail whose sender's domain has a broken SPF record (SPF permerror)",
+    "temperror": "Mail whose sender's SPF record could not be read just now (SPF temperror)",
+}
+ACTION_WORDS = {
+    "reject": "refused",
+    "tempfail": "refused for now (the sender's server tries again later)",
+    "accept": "accepted",
+}
+REWRITE_WORDS = {
+    "srs": "always replaced by an address here",
+    "when-needed": "replaced only when needed",
+    "none": "kept for verified mail",
+}
+
+
+def _source(source: str) -> str:
+    return "your choice" if source == "recipient" else "site default"
+
+
+def _policy_view(policy: dict[str, Any], fwd: Forward) -> dict[str, Any]:
+    """The effective policy in plain words, and the record's own choices for the form."""
+    spf = [
+        {
+            "result": result,
+            "words": SPF_WORDS[result],
+            "value": ACTION_WORDS.get(v["value"], v["value"]),
+            "source": _source(v["source"]),
+            "own": fwd.spf_action(result) or "inherit",
+        }
+        for result, v in policy["spf"].items()
+    ]
+    rw = policy["rewrite"]
+    return {
+        "spf": spf,
+        "rewrite": REWRITE_WORDS.get(rw["value"], rw["value"]),
+        "rewrite_source": _source(rw["source"]),
+        "rewrite_note": bool(rw.get("note")),
+        "rewrite_own": fwd.rewrite or "inherit",
+        "trusted": list(fwd.trusted),
+    }
+
+
 def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) if t else "-"
 
@@ -367,6 +429,7 @@ def build_routes(web: Web) -> list[Route | Mount]:  # noqa: PLR0915 (closures ov
                 "new_token": new_token,
                 "tokens": [{"name": t.name, "created": _when(t.created)} for t in tokens],
                 "max_targets": cfg.forwarding.max_targets,
+                "p": _policy_view(data["policy"], fwd),
             },
             status,
         )
@@ -389,8 +452,7 @@ def build_routes(web: Web) -> list[Route | Mount]:  # noqa: PLR0915 (closures ov
         now = web.clock()
         try:
             if action == "update":
-                wanted = ("target", "add_target", "remove_target", "contact", "null_sender")
-                changes: dict[str, Any] = {k: fields[k] for k in wanted if k in fields}
+                changes = _changes_of(fields)
                 new = await run_in_threadpool(
                     records.update, cfg, store, fwd, changes, now=now, client=client
                 )
@@ -490,6 +552,17 @@ def build_routes(web: Web) -> list[Route | Mount]:  # noqa: PLR0915 (closures ov
                 request,
                 "Confirmed",
                 f"Mail for {fwd.rcpt} is now forwarded to {', '.join(fwd.targets)}.",
+            )
+        if outcome == "too-many" and fwd is not None:
+            # Not the link's fault: say what stands in the way and what helps.
+            return web.message(
+                request,
+                "Too many targets",
+                f"Mail for {fwd.rcpt} already goes to {len(fwd.targets)} addresses"
+                f" ({', '.join(fwd.targets)}), the most this forwarder allows"
+                f" ({cfg.forwarding.max_targets}), so it cannot also go to you: nothing is"
+                f" forwarded to you. The owner of {fwd.rcpt} can remove one of them and ask again.",
+                409,
             )
         if outcome == "declined" and fwd is not None:
             return web.message(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fwdmilter.config import Config
+from fwdmilter.states import SENDER_REWRITES, SPF_ACTIONS, SPF_RESULTS
 
 __all__ = ["document"]
 
@@ -13,6 +14,40 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 
 def _json(schema: dict[str, Any], text: str) -> dict[str, Any]:
     return {"description": text, "content": {"application/json": {"schema": schema}}}
+
+
+def _sourced(value: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "value": value,
+            "source": {"enum": ["recipient", "global", "default"]},
+            "note": {"type": "string"},
+        },
+        "required": ["value", "source"],
+    }
+
+
+def _policy() -> dict[str, Any]:
+    """The effective policy, as ``fwdctl forward show --json`` has it."""
+    actions = {"enum": sorted(SPF_ACTIONS)}
+    rewrites = {"enum": sorted(r for r in SENDER_REWRITES if r)}
+    names = {"type": "array", "items": {"type": "string"}}
+    return {
+        "type": "object",
+        "description": "what the milter applies to the address, each value with its source:"
+        " recipient (set for it), global (the configuration file) or default",
+        "properties": {
+            "spf": {
+                "type": "object",
+                "properties": {r: _sourced(actions) for r in SPF_RESULTS},
+            },
+            "rewrite": _sourced(rewrites),
+            "null_sender": _sourced({"enum": ["forward", "hold"]}),
+            "trusted": _sourced(names),
+            "trusted_networks": _sourced(names),
+        },
+    }
 
 
 def document(cfg: Config, version: str) -> dict[str, Any]:
@@ -75,10 +110,12 @@ def document(cfg: Config, version: str) -> dict[str, Any]:
                             },
                         },
                         "held": {"type": "array", "items": {"$ref": "#/components/schemas/Held"}},
+                        "policy": {"$ref": "#/components/schemas/Policy"},
                         "created": {"type": "number"},
                         "updated": {"type": "number"},
                     },
                 },
+                "Policy": _policy(),
                 "Changes": {
                     "type": "object",
                     "additionalProperties": False,
@@ -99,6 +136,29 @@ def document(cfg: Config, version: str) -> dict[str, Any]:
                         },
                         "contact": {"type": "string"},
                         "null_sender": {"enum": ["forward", "hold"]},
+                        "spf_actions": {
+                            "type": "object",
+                            "description": "the address's own action per SPF result;"
+                            " inherit drops it (the global one applies)",
+                            "additionalProperties": False,
+                            "properties": {
+                                r: {"enum": [*sorted(SPF_ACTIONS), "inherit"]} for r in SPF_RESULTS
+                            },
+                        },
+                        "rewrite": {
+                            "enum": [*sorted(r for r in SENDER_REWRITES if r), "inherit"],
+                            "description": "the envelope sender of verified mail (U mail is"
+                            " always rewritten); inherit: srs.rewrite",
+                        },
+                        "add_trusted": {
+                            "type": "string",
+                            "description": "a forwarder whose mail for the address skips the"
+                            " sender's SPF verdict: a network (CIDR) or a domain",
+                        },
+                        "remove_trusted": {
+                            "type": "string",
+                            "description": "one of the trusted forwarders, to drop",
+                        },
                     },
                 },
             },
@@ -139,8 +199,8 @@ def document(cfg: Config, version: str) -> dict[str, Any]:
                     "responses": {"200": _json(record, "the record"), **denied},
                 },
                 "patch": {
-                    "summary": "Change targets (new ones confirmed first), contact or"
-                    " null-sender choice",
+                    "summary": "Change targets (new ones confirmed first), contact,"
+                    " null-sender choice, SPF actions, sender rewrite or trusted forwarders",
                     "security": [{"bearer": []}],
                     "requestBody": {
                         "required": True,

@@ -16,11 +16,24 @@ from fwdmilter import addr, confirm, table
 from fwdmilter.config import Config
 from fwdmilter.store.base import Forward, Store
 
-__all__ = ["BadRequest", "capabilities", "delete", "update", "view"]
+__all__ = ["FIELDS", "BadRequest", "capabilities", "delete", "update", "view"]
 
 log = logging.getLogger("fwdweb.audit")
 
 API_VERSION = 1
+
+#: The fields :func:`update` takes (the page's forms and the API's PATCH).
+FIELDS = (
+    "target",
+    "add_target",
+    "remove_target",
+    "contact",
+    "null_sender",
+    "spf_actions",
+    "rewrite",
+    "add_trusted",
+    "remove_trusted",
+)
 
 
 class BadRequest(ValueError):
@@ -40,7 +53,8 @@ def view(cfg: Config, store: Store, fwd: Forward, now: float) -> dict[str, Any]:
     """The record as the recipient sees it, held mail of its targets included.
 
     ``target`` (the first target) is the field of the one-target version;
-    ``targets`` lists them all.
+    ``targets`` lists them all. ``policy`` is the effective policy with each
+    value's source, the object of ``fwdctl forward show --json``.
     """
     retention = cfg.held.retention_days * 86400
     held = []
@@ -59,6 +73,7 @@ def view(cfg: Config, store: Store, fwd: Forward, now: float) -> dict[str, Any]:
                 }
             )
     pending = fwd.pending_at(now)
+    policy = table.effective_policy(cfg, fwd, table.configured_keys(cfg))
     return {
         "address": fwd.rcpt,
         "target": fwd.target,
@@ -69,6 +84,7 @@ def view(cfg: Config, store: Store, fwd: Forward, now: float) -> dict[str, Any]:
         "moved_to": fwd.moved_to,
         "pending": ({"target": pending, "expires": fwd.pending_expires} if pending else None),
         "held": held,
+        "policy": policy,
         "created": fwd.created,
         "updated": fwd.updated,
     }
@@ -92,9 +108,12 @@ def update(
     once confirmed. ``remove_target``: one of the targets (or the pending
     one) goes at once; never the last. One new target at a time (the store
     keeps one pending): ``target`` and ``add_target`` together are refused.
-    ``contact`` and ``null_sender`` change at once.
+    ``contact`` and ``null_sender`` change at once, and so does the
+    recipient's policy (the rules of :mod:`fwdmilter.table`, as fwdctl's):
+    ``spf_actions`` (SPF result -> action or "inherit"), ``rewrite`` (or
+    "inherit"), ``add_trusted`` and ``remove_trusted`` (one forwarder each).
     """
-    unknown = set(changes) - {"target", "add_target", "remove_target", "contact", "null_sender"}
+    unknown = set(changes) - set(FIELDS)
     if unknown:
         raise BadRequest("unknown fields: " + ", ".join(sorted(unknown)))
     if fwd.moved_to:
@@ -115,6 +134,7 @@ def update(
         if choice not in ("forward", "hold"):
             raise BadRequest("null_sender must be 'forward' or 'hold'")
         new = dataclasses.replace(new, null_sender=choice)
+    new = _policy(new, changes)
     target = ""
     mode: confirm.Mode = "add" if "add_target" in wanted else "replace"
     if "target" in wanted or "add_target" in wanted:
@@ -135,11 +155,15 @@ def update(
         if fwd.pending and not new.pending:
             store.delete_tokens("confirm", fwd.rcpt)
         log.info(
-            "event=update rcpt=%s contact=%s null_sender=%s targets=%s client=%s",
+            "event=update rcpt=%s contact=%s null_sender=%s targets=%s spf=%s rewrite=%s"
+            " trusted=%s client=%s",
             fwd.rcpt,
             new.contact or "-",
             new.null_sender,
             ",".join(new.targets) or "-",
+            ",".join(f"{r}:{a}" for r, a in new.spf_actions) or "-",
+            new.rewrite or "-",
+            ",".join(new.trusted) or "-",
             client,
         )
     if target:
@@ -147,6 +171,43 @@ def update(
             store, cfg, fwd.rcpt, target, requested_by="recipient", now=now, base=new, mode=mode
         )
     return new
+
+
+def _policy(fwd: Forward, changes: dict[str, Any]) -> Forward:
+    """``fwd`` with the recipient's own SPF actions, rewrite and trusted
+    forwarders changed as asked; every value checked by :mod:`fwdmilter.table`."""
+    try:
+        if "spf_actions" in changes:
+            wanted = changes["spf_actions"]
+            if not isinstance(wanted, dict):
+                raise BadRequest(
+                    'spf_actions must be an object: {"softfail": "reject", "fail": "inherit"}'
+                )
+            fwd = dataclasses.replace(fwd, spf_actions=table.spf_actions(fwd.spf_actions, wanted))
+        if changes.get("rewrite") not in (None, ""):
+            fwd = dataclasses.replace(fwd, rewrite=table.rewrite(changes["rewrite"]))
+        trusted = fwd.trusted
+        gone = changes.get("remove_trusted")
+        if gone not in (None, ""):
+            if not isinstance(gone, str):
+                raise BadRequest("remove_trusted must be one forwarder (a network or a domain)")
+            forwarder = table.forwarder(gone)
+            if forwarder not in trusted:
+                raise BadRequest(
+                    f"{forwarder} is not one of your trusted forwarders"
+                    f" ({', '.join(trusted) or 'you have none'})"
+                )
+            trusted = tuple(t for t in trusted if t != forwarder)
+        more = changes.get("add_trusted")
+        if more not in (None, ""):
+            if not isinstance(more, str):
+                raise BadRequest("add_trusted must be one forwarder (a network or a domain)")
+            forwarder = table.forwarder(more)
+            if forwarder not in trusted:
+                trusted = (*trusted, forwarder)
+    except table.TableError as exc:
+        raise BadRequest(str(exc)) from None
+    return dataclasses.replace(fwd, trusted=trusted)
 
 
 def _without(fwd: Forward, value: object) -> Forward:
@@ -205,6 +266,8 @@ def capabilities(cfg: Config) -> dict[str, Any]:
             "recipient_requeue": False,
         },
         "targets_confirmed": True,
+        # What a recipient may set for its own address (PATCH's fields).
+        "recipient_policy": ["spf_actions", "rewrite", "null_sender", "trusted"],
         "max_targets": cfg.forwarding.max_targets,
         "confirm_hours": cfg.web.confirm_hours,
         "sign_in": "a link mailed to the forward's current targets",

@@ -71,8 +71,14 @@ SOCKET = POSTFIX_DIR / "milter.sock"
 STATE = (Path("/etc/fwdmilter"), STORE_DIR, Path("/run/fwdmilter"), POSTFIX_DIR)
 #: Where anything named after the package may be left behind.
 SCANNED = (
-    "/etc", "/lib/systemd", "/usr/lib", "/usr/bin", "/usr/sbin",
-    "/usr/share", "/var", "/run",
+    "/etc",
+    "/lib/systemd",
+    "/usr/lib",
+    "/usr/bin",
+    "/usr/sbin",
+    "/usr/share",
+    "/var",
+    "/run",
 )
 
 
@@ -242,9 +248,10 @@ def test_install_run_with_postfix_then_purge(
         web = run("/usr/bin/fwdmilter-web", "--version").stdout
         assert web.startswith("fwdmilter-web ")
         run("/usr/bin/python3", "-c", WEB_IMPORTS)
-        assert "ExecStart=/usr/bin/fwdmilter-web " in Path(
-            "/lib/systemd/system/fwdmilter-web.service"
-        ).read_text()
+        assert (
+            "ExecStart=/usr/bin/fwdmilter-web "
+            in Path("/lib/systemd/system/fwdmilter-web.service").read_text()
+        )
 
         # The user, the secret, the store's folder, Postfix's socket folder.
         user = pwd.getpwnam("fwdmilter")
@@ -319,8 +326,7 @@ def test_install_run_with_postfix_then_purge(
         # The installed files ran, not this tree's.
         assert "Traceback" not in text
         where = run(
-            "/usr/bin/python3", "-c",
-                    "import fwdmilter; print(fwdmilter.__file__)", cwd="/"
+            "/usr/bin/python3", "-c", "import fwdmilter; print(fwdmilter.__file__)", cwd="/"
         )
         assert where.stdout.strip() == "/usr/lib/python3/dist-packages/fwdmilter/__init__.py"
 

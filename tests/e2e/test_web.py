@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -355,6 +356,42 @@ def test_api_get_patch_delete_with_a_bearer_token(w: World) -> None:
     assert r.json() == {"address": rcpt, "deleted": True, "moved_to": moved}
     assert w.rcpt_reply(rcpt).startswith("551 5.1.6")
     assert api.get(f"/forwards/{rcpt}").status_code == 401  # tokens end with the record
+
+
+def test_a_policy_set_by_the_api_is_the_stores_and_the_milters(w: World) -> None:
+    """On SQLite and Redis: what a recipient sets is the Forward the milter
+    reads, what fwdctl shows as the recipient's, and what the milter does."""
+    rcpt, target = new_pair()
+    w.fm.fwdctl("forward", "set", rcpt, target)
+    c = w.client()
+    sign_in(w, c, rcpt, target)
+    api = w.http(w.web.base_url + "/api/v1", {"Authorization": f"Bearer {api_token(w, c)}"})
+    softfail = f"s{unique()}@softfail.example"
+    assert str(w.mail.send_from_outside(w.border, softfail, [rcpt], "a").rcpt(rcpt)).startswith(
+        "250"
+    )
+    r = api.patch(
+        f"/forwards/{rcpt}",
+        json={
+            "spf_actions": {"softfail": "reject"},
+            "rewrite": "srs",
+            "add_trusted": "192.0.2.9/24",
+        },
+    )
+    assert r.status_code == 200, r.text
+    fwd = w.store.get_forward(rcpt)
+    assert fwd is not None
+    assert (fwd.spf_actions, fwd.rewrite, fwd.trusted) == (
+        (("softfail", "reject"),),
+        "srs",
+        ("192.0.2.0/24",),
+    )
+    shown = json.loads(w.fm.fwdctl("forward", "show", rcpt, "--json").stdout)["policy"]
+    assert shown == r.json()["policy"]
+    assert shown["spf"]["softfail"] == {"value": "reject", "source": "recipient"}
+    assert str(w.mail.send_from_outside(w.border, softfail, [rcpt], "b").rcpt(rcpt)).startswith(
+        "550"
+    )
 
 
 def test_revoked_and_wrong_tokens_are_refused(w: World) -> None:

@@ -1,8 +1,9 @@
 """A real browser through the recipient's whole flow: headless Chromium
 (Debian's chromium and chromium-driver) driven by Selenium signs in from the
 mailed link, changes the target, confirms it from the mail it gets, adds a
-second target (confirmed the same way) and removes it, and deletes the
-forwarding; the milter then answers 551.
+second target (confirmed the same way) and removes it, sets its own policy
+(softfail refused, which the milter then applies; a trusted forwarder added
+and removed), and deletes the forwarding; the milter then answers 551.
 
 Each page is saved as a screenshot in a temporary folder, or in the folder
 that ``FWDWEB_SCREENSHOTS`` names (``FWDWEB_SCREENSHOTS=docs/web`` renews
@@ -19,7 +20,10 @@ from pathlib import Path
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
+from fwdmilter.config import StoreSettings
+from fwdmilter.store import open_store
 from tests.harness.fwdmilter_proc import FwdMilter
 from tests.harness.mail_fixtures import BorderFactory, MailWorld
 from tests.harness.postfix import RuntimeDir
@@ -91,7 +95,7 @@ def test_browser_signs_in_changes_target_confirms_and_deletes(
         def shot(name: str) -> None:
             # The whole page: the window as tall as the document.
             height = d.execute_script("return document.documentElement.scrollHeight")  # type: ignore[attr-defined]
-            d.set_window_size(1024, max(600, min(int(height) + 140, 2600)))  # type: ignore[attr-defined]
+            d.set_window_size(1024, max(600, min(int(height) + 140, 4000)))  # type: ignore[attr-defined]
             d.save_screenshot(str(shots / f"{name}.png"))  # type: ignore[attr-defined]
 
         def wait_for_text(text: str) -> None:
@@ -160,6 +164,46 @@ def test_browser_signs_in_changes_target_confirms_and_deletes(
         d.get(web.url("/me"))  # type: ignore[attr-defined]
         wait_for_text("Where its mail goes")
         assert find("#target").text == new  # type: ignore[attr-defined]
+
+        # The recipient's own policy: softfail refused, the sender kept, a
+        # trusted forwarder added (a bad one first), then removed.
+        assert find("#spf-softfail").text == "accepted (site default)"  # type: ignore[attr-defined]
+        Select(find("#spf-softfail-input")).select_by_value("reject")
+        find("#rewrite-input input[value='none']").click()  # type: ignore[attr-defined]
+        find("#save-policy").click()  # type: ignore[attr-defined]
+        wait_for_text("Saved.")
+        assert find("#spf-softfail").text == "refused (your choice)"  # type: ignore[attr-defined]
+        assert find("#rewrite").text == "kept for verified mail (your choice)"  # type: ignore[attr-defined]
+        # The milter applies it: softfail mail for this address is refused...
+        t = mail.send_from_outside(border, f"s{tok}@softfail.example", [rcpt], "softfail")
+        assert str(t.rcpt(rcpt)).startswith("550 "), t
+        find("#add-trusted-input").send_keys("alumni..example")  # type: ignore[attr-defined]
+        find("#add-trusted").click()  # type: ignore[attr-defined]
+        wait_for_text("neither a network (CIDR) nor a domain")
+        find("#add-trusted-input").send_keys("Alumni.Example")  # type: ignore[attr-defined]
+        find("#add-trusted").click()  # type: ignore[attr-defined]
+        wait_for_text("Saved.")
+        assert find("#trusted td.forwarder").text == "alumni.example"  # type: ignore[attr-defined]
+        shot("10-policy")
+        # What the web set is the store's Forward, the record the milter reads...
+        store = open_store(StoreSettings(url=fm.settings["store"]["url"]))
+        try:
+            fwd = store.get_forward(rcpt)
+            assert fwd is not None
+            assert fwd.spf_action("softfail") == "reject" and fwd.spf_action("fail") == ""
+            assert (fwd.rewrite, fwd.trusted) == ("none", ("alumni.example",))
+        finally:
+            store.close()
+        # ... and from a trusted forwarder (alumni.example's SPF lists the
+        # client) the same mail skips the sender's verdict.
+        t = mail.send_from_outside(border, f"s{tok}@softfail.example", [rcpt], "trusted")
+        assert str(t.rcpt(rcpt)).startswith("250 "), t
+        d.find_element(  # type: ignore[attr-defined]
+            By.XPATH,
+            "//input[@name='remove_trusted'][@value='alumni.example']/following-sibling::button",
+        ).click()
+        wait_for_text('<p id="trusted">None yet.</p>')  # the page before said "Saved." too
+
         find("#moved_to").send_keys(f"bob@{tok}.example")  # type: ignore[attr-defined]
         find("#really").click()  # type: ignore[attr-defined]
         find("#delete").click()  # type: ignore[attr-defined]
@@ -168,7 +212,7 @@ def test_browser_signs_in_changes_target_confirms_and_deletes(
 
         t = mail.send_from_outside(border, f"s{tok}@pass.example", [rcpt], "after")
         assert str(t.rcpt(rcpt)) == f"551 5.1.6 User not local; please try <bob@{tok}.example>"
-        assert len(list(shots.glob("*.png"))) >= 9
+        assert len(list(shots.glob("*.png"))) >= 10
     finally:
         web.stop()
         fm.stop()

@@ -202,9 +202,7 @@ class PrometheusServer:
         result: list[dict[str, Any]] = self._api("query", {"query": expr})
         return result
 
-    def query_range(
-        self, expr: str, start: float, end: float, step: float
-    ) -> list[dict[str, Any]]:
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
         params = {"query": expr, "start": str(start), "end": str(end), "step": str(step)}
         result: list[dict[str, Any]] = self._api("query_range", params)
         return result

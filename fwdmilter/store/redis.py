@@ -120,12 +120,6 @@ _TEMPORARY_REPLIES: Final = frozenset(
     }
 )
 
-#: Versions whose data the next version reads as it is (it only added hash
-#: fields that read as empty when missing, and keys of its own): opening
-#: such data just records the new version.
-#: 2 -> 3: a forward's pending target, and the web service's tokens.
-_NOTHING_TO_REWRITE: Final = frozenset({2})
-
 #: How many recipients' targets rcpt_info remembers (the steady-state budget).
 DEFAULT_CACHE_SIZE: Final = 10_000
 #: Keys read per SCAN and per pipeline when walking the whole store.
@@ -544,19 +538,12 @@ class RedisStore(Store):
         for script in _SCRIPTS:
             self._trip()
             self._client.script_load(script.source)
-        if version < 4:
+        if version < SCHEMA_VERSION:
             # 1 -> 2 re-keys; 2 -> 3 (the web service's keys) rewrites
             # nothing; 3 -> 4 gives every forward its list of targets.
             self._migrate(version, self._migration_wait)
-        elif version < SCHEMA_VERSION:
-            if not all(v in _NOTHING_TO_REWRITE for v in range(version, SCHEMA_VERSION)):
-                raise StoreSchemaError(
-                    f"{self.name}: no migration from schema version {version} to {SCHEMA_VERSION}"
-                )
-            self._trip()
-            self._client.set(self.schema_key, SCHEMA_VERSION)
 
-    # -- the migration from version 1 ---------------------------------------------
+    # -- migrations from older versions -------------------------------------------
 
     @property
     def _migrating_key(self) -> str:

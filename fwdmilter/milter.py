@@ -464,9 +464,6 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
             own_auth_results=tuple(self._own_ar),
             records=records,
             bounce=bounce,
-            # Decided per recipient at RCPT TO (sender_rewrite); this is
-            # what RCPT found, for decisions that leave it to the global rule.
-            sender_permits_us=bool(self._permits),
         )
         decision = policy.decide_eom(rt.settings, tx)
         alerts = self._write_store(decision, now)

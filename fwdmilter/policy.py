@@ -644,8 +644,6 @@ class Transaction:
     records: Mapping[str, Sequence[MessageRecord]] = field(default_factory=dict)
     #: What the mail to the SRS recipient is (fwdmilter.classify), if it has one.
     bounce: Classification | None = None
-    #: "when-needed" rewriting: the sender's SPF already permits us.
-    sender_permits_us: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -775,13 +773,10 @@ def decide_eom(s: Settings, tx: Transaction) -> EomDecision:
     # "when-needed" leaves a verified (B) sender as it is when its SPF
     # permits us; a U message is always rewritten, so that its bounce comes
     # back here to be held instead of reaching an unverified sender. RCPT
-    # TO decided it per recipient (sender_rewrite; one value per transaction,
-    # decide_rcpt_split); a decision without one takes the global rule.
-    decided = {r.sender_rewrite for r, _ in forwards}
-    if "" in decided:
-        skip_srs = s.rewrite == "when-needed" and tx.sender_permits_us and tx.mail.state == "B"
-    else:
-        skip_srs = decided == {"keep"}
+    # TO decided it per recipient (sender_rewrite, with the recipient's own
+    # choice or the global srs.rewrite; one value per transaction,
+    # decide_rcpt_split).
+    skip_srs = all(r.sender_rewrite == "keep" for r, _ in forwards)
     if tx.mail.srs_sender and not skip_srs:
         chgfrom = _bracket(tx.mail.srs_sender)
     effects_out: tuple[Effect, ...] = ()

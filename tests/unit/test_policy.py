@@ -299,9 +299,9 @@ def test_loops_are_refused() -> None:
 def test_when_needed_keeps_a_sender_that_already_permits_us() -> None:
     s = settings(rewrite="when-needed")
     m = policy.decide_mail(s, "alice@example.org", "h", spf("pass"), now=NOW)
-    kept = policy.decide_eom(s, tx(m, forward_rcpt(), sender_permits_us=True))
+    kept = policy.decide_eom(s, tx(m, rcpt(BOB, m, s, sender_permits_us=True)))
     assert kept.chgfrom is None and kept.addrcpt
-    rewritten = policy.decide_eom(s, tx(m, forward_rcpt(), sender_permits_us=False))
+    rewritten = policy.decide_eom(s, tx(m, rcpt(BOB, m, s, sender_permits_us=False)))
     assert rewritten.chgfrom == f"<{m.srs_sender}>"
 
 
@@ -511,7 +511,7 @@ def test_when_needed_never_skips_srs_for_unverified_mail() -> None:
     s = settings(rewrite="when-needed")
     m = policy.decide_mail(s, "alice@example.org", "h", spf("softfail"), now=NOW)
     assert m.state == "U"
-    d = policy.decide_eom(s, tx(m, forward_rcpt(), sender_permits_us=True))
+    d = policy.decide_eom(s, tx(m, rcpt(BOB, m, s, sender_permits_us=True)))
     assert d.chgfrom == f"<{m.srs_sender}>"
     assert [r.state for r in d.records] == ["U"]
 
@@ -1280,10 +1280,11 @@ def test_a_kept_sender_is_forwarded_as_it_came_without_records() -> None:
     assert d.chgfrom is None and d.records == ()
     assert d.addrcpt[0][0] == "<bob@inner.example>"
     assert dict(d.log)["action"] == "forward" and "srs" not in dict(d.log)
-    # Decided at RCPT, it wins over the global rule's facts.
+    # Decided at RCPT, it is what end of message applies, whatever the
+    # global rule.
     srs = replace(forward_rcpt(), sender_rewrite="srs")
     wn = settings(rewrite="when-needed")
-    d = policy.decide_eom(wn, tx(m, srs, sender_permits_us=True))
+    d = policy.decide_eom(wn, tx(m, srs))
     assert d.chgfrom == f"<{m.srs_sender}>" and len(d.records) == 1
 
 

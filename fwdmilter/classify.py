@@ -76,15 +76,19 @@ class Classification:
     #: Header values of our trace header found in the message: in the
     #: returned headers of a DSN, or quoted in the body of anything else.
     trace_values: tuple[str, ...] = field(default=())
-    #: The recipients a DSN says failed: the Final-Recipient and
-    #: Original-Recipient addresses of its blocks whose Action is failed,
-    #: in the normal form of :func:`fwdmilter.addr.key`. Empty for anything
-    #: else (a legacy bounce's addresses are a detector's guess).
-    failed: tuple[str, ...] = field(default=())
-    #: (address, reason) for each of ``failed``: that recipient's own status
-    #: and diagnostic, for the held entry of its target (one bounce may name
-    #: two targets that failed for different reasons).
+    #: (address, reason) for each recipient a DSN says failed: the
+    #: Final-Recipient and Original-Recipient addresses of its blocks whose
+    #: Action is failed, in the normal form of :func:`fwdmilter.addr.key`,
+    #: with that recipient's own status and diagnostic, for the held entry
+    #: of its target (one bounce may name two targets that failed for
+    #: different reasons). Empty for anything else (a legacy bounce's
+    #: addresses are a detector's guess).
     failed_reasons: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        """The addresses of :attr:`failed_reasons`, in order."""
+        return tuple(a for a, _ in self.failed_reasons)
 
 
 #: RFC 3834 section 5: "Auto-Submitted: no" is the only value that means a
@@ -208,9 +212,8 @@ def classify(raw: bytes, *, null_sender: bool) -> Classification:
         values = parsed.header_values("Fwdmilter-Trace") or quoted
         kind = {"failure": Kind.FAILURE, "delay": Kind.DELAY, "success": Kind.SUCCESS}[parsed.kind]
         if kind is Kind.FAILURE:
-            failed = failed_recipients(parsed)
             return Classification(
-                kind, _dsn_reason(parsed), parsed, values, tuple(a for a, _ in failed), failed
+                kind, _dsn_reason(parsed), parsed, values, failed_recipients(parsed)
             )
         return Classification(kind, f"delivery status: {kind.value}", parsed, values)
 

@@ -52,10 +52,7 @@ class _Facts:
 
     def sender_permits_us(self, mail: policy.MailDecision) -> bool:
         if self.permits is None:
-            domain = addr.domain_of(mail.sender)
-            self.permits = bool(self.outbound_ips) and all(
-                self.spf.permits(ip, domain) for ip in self.outbound_ips
-            )
+            self.permits = self.spf.sender_permits(mail, self.outbound_ips)
         return self.permits
 
 
@@ -163,9 +160,9 @@ def _rcpt(
     elif kind is policy.RcptKind.FORWARDING:
         info = store.rcpt_info([addr.key(bare)])[0]
         fwd = info.forward
-        trust: policy.Trust | None = None
-        if fwd is not None and fwd.trusted and policy.rcpt_spf(settings, mail, fwd)[0] is not None:
-            trust = facts.spf.trust(fwd.trusted, facts.client, facts.helo, facts.forwarders)
+        trust = facts.spf.recipient_trust(
+            settings, mail, fwd, facts.client, facts.helo, facts.forwarders
+        )
         permits = policy.needs_sender_permits(settings, mail, fwd) and facts.sender_permits_us(mail)
         decision = policy.decide_rcpt_forwarding(
             settings, f"<{bare}>", info, mail, [], trust=trust, sender_permits_us=permits

@@ -29,7 +29,7 @@ import Milter
 from fwdmilter import addr, classify, dsn, logfmt, machine, policy, replies, tcp
 from fwdmilter.errors import StoreError, StoreUnavailable
 from fwdmilter.replies import Reply
-from fwdmilter.states import HeldEntry, MessageRecord, RcptInfo
+from fwdmilter.states import Forward, HeldEntry, MessageRecord, RcptInfo
 
 if TYPE_CHECKING:
     from fwdmilter.runtime import Runtime
@@ -354,9 +354,7 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         elif kind is policy.RcptKind.FORWARDING:
             info = self._rcpt_info(bare)
             fwd = info.forward
-            trust: policy.Trust | None = None
-            if fwd is not None and fwd.trusted and policy.rcpt_spf(s, mail, fwd)[0] is not None:
-                trust = self._trust(fwd.trusted)
+            trust = self._trust(mail, fwd)
             permits = policy.needs_sender_permits(s, mail, fwd) and self._sender_permits_us(mail)
             decision = policy.decide_rcpt_forwarding(
                 s, to, info, mail, params, now=time.time(), trust=trust, sender_permits_us=permits
@@ -379,12 +377,15 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
             self._collect = True  # the mail is classified at end of message
         return CONTINUE
 
-    def _trust(self, entries: tuple[str, ...]) -> policy.Trust:
-        """Which of a recipient's trusted forwarders the client is (DNS for
-        the domains among them, kept for the connection)."""
+    def _trust(self, mail: policy.MailDecision, fwd: Forward | None) -> policy.Trust | None:
+        """Which of a recipient's trusted forwarders the client is, when that
+        matters (DNS for the domains among them, kept for the connection)."""
         started = time.monotonic()
-        trust = self.rt.spf.trust(entries, self._client_ip, self._helo, self._forwarder_results)
-        self.rt.metrics.dns_latency(time.monotonic() - started)
+        trust = self.rt.spf.recipient_trust(
+            self.rt.settings, mail, fwd, self._client_ip, self._helo, self._forwarder_results
+        )
+        if trust is not None:
+            self.rt.metrics.dns_latency(time.monotonic() - started)
         return trust
 
     def _rcpt_info(self, bare: str) -> RcptInfo:
@@ -483,13 +484,7 @@ class FwdMilter(Milter.Base):  # type: ignore[misc]
         """True if the sender's SPF passes every one of srs.outbound_ips
         ("when-needed" rewriting); False without them. Once per transaction."""
         if self._permits is None:
-            domain = addr.domain_of(mail.sender)
-            ips = self.rt.cfg.srs.outbound_ips
-            self._permits = (
-                bool(ips)
-                and bool(mail.srs_sender)
-                and all(self.rt.spf.permits(ip, domain) for ip in ips)
-            )
+            self._permits = self.rt.spf.sender_permits(mail, self.rt.cfg.srs.outbound_ips)
         return self._permits
 
     def _write_store(self, d: policy.EomDecision, now: float) -> list[HeldEntry]:

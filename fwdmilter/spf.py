@@ -34,6 +34,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, Final
 
 import dns.entropy
@@ -44,7 +45,17 @@ import spf
 
 from fwdmilter import addr, dnswire
 from fwdmilter.config import DNSSettings
-from fwdmilter.policy import SPFOutcome, Trust, forwarder_domains, helo_within, match_forwarder
+from fwdmilter.policy import (
+    MailDecision,
+    Settings,
+    SPFOutcome,
+    Trust,
+    forwarder_domains,
+    helo_within,
+    match_forwarder,
+    rcpt_spf,
+)
+from fwdmilter.states import Forward
 
 __all__ = ["SPFChecker", "pyspf_answers"]
 
@@ -320,6 +331,33 @@ class SPFChecker:
             if hit == "pass":
                 break
         return match_forwarder(entries, ip, results)
+
+    def recipient_trust(
+        self,
+        s: Settings,
+        mail: MailDecision,
+        forward: Forward | None,
+        ip: str,
+        helo: str,
+        cache: dict[tuple[str, str], str] | None = None,
+    ) -> Trust | None:
+        """:meth:`trust` for a recipient's own forwarders, asked only when
+        they matter: the recipient has some and the mail's SPF verdict
+        would refuse it (None otherwise: no DNS)."""
+        if forward is None or not forward.trusted or rcpt_spf(s, mail, forward)[0] is None:
+            return None
+        return self.trust(forward.trusted, ip, helo, cache)
+
+    def sender_permits(self, mail: MailDecision, outbound_ips: Sequence[str]) -> bool:
+        """True if the sender's SPF passes every one of ``outbound_ips``
+        (srs.outbound_ips, for "when-needed" rewriting); False without them
+        or without a sender to rewrite."""
+        domain = addr.domain_of(mail.sender)
+        return (
+            bool(outbound_ips)
+            and bool(mail.srs_sender)
+            and all(self.permits(ip, domain) for ip in outbound_ips)
+        )
 
     def permits(self, ip: str, domain: str) -> bool:
         """True if ``domain``'s SPF record passes ``ip`` (for "when-needed"

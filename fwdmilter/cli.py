@@ -164,11 +164,6 @@ def _check_address(value: str, what: str) -> str:
         raise UsageError(str(exc)) from None
 
 
-def _configured_keys(cfg: config.Config) -> frozenset[str]:
-    """The ``section.key`` names the configuration file sets (for ``show``)."""
-    return table.configured_keys(cfg)
-
-
 def _forward_dict(f: Forward) -> dict[str, Any]:
     # ``target`` (the first target) is the field of the one-target version.
     return asdict(f) | {
@@ -255,10 +250,7 @@ def _put(store: Store, new: Forward, old: Forward | None) -> None:
 
 
 def _forward_set(args: argparse.Namespace, cfg: config.Config, store: Store, rcpt: str) -> int:
-    try:
-        targets = table.check_targets(cfg, rcpt, args.targets)
-    except table.TableError as exc:
-        raise UsageError(str(exc)) from None
+    targets = table.check_targets(cfg, rcpt, args.targets)
     contact = _check_address(args.contact, "contact") if args.contact else ""
     if addr.domain_of(rcpt) not in {d.lower() for d in cfg.forwarding.domains}:
         print(
@@ -296,10 +288,7 @@ def _forward_set(args: argparse.Namespace, cfg: config.Config, store: Store, rcp
 
 def _forward_add(args: argparse.Namespace, cfg: config.Config, store: Store, rcpt: str) -> int:
     live = _live(store, rcpt)
-    try:
-        wanted = table.check_targets(cfg, rcpt, args.targets)
-    except table.TableError as exc:
-        raise UsageError(str(exc)) from None
+    wanted = table.check_targets(cfg, rcpt, args.targets)
     new = [t for t in wanted if t not in live.targets]
     if not new:
         print(f"fwdctl: {rcpt}: {', '.join(wanted)} already forwarded to", file=sys.stderr)
@@ -311,10 +300,7 @@ def _forward_add(args: argparse.Namespace, cfg: config.Config, store: Store, rcp
         _one_new(new, rcpt)
         return _request(store, cfg, dataclasses.replace(live, updated=now), new[0], "add", now)
     targets = (*live.targets, *new)
-    try:
-        table.check_count(cfg, rcpt, len(targets))
-    except table.TableError as exc:
-        raise UsageError(str(exc)) from None
+    table.check_count(cfg, rcpt, len(targets))
     store.put_forward(dataclasses.replace(live, targets=targets, updated=now))
     print(_forward_line(store.get_forward(rcpt) or live))
     return EXIT_OK
@@ -366,17 +352,14 @@ def _forward_policy(args: argparse.Namespace, cfg: config.Config, store: Store, 
         new = store.get_forward(rcpt) or new
     _warn_rewrite(cfg, new)
     print(_forward_line(new))
-    for line in _policy_lines(table.effective_policy(cfg, new, _configured_keys(cfg))):
+    for line in _policy_lines(table.effective_policy(cfg, new, table.configured_keys(cfg))):
         print(f"  {line}")
     return EXIT_OK
 
 
 def _forward_trust(args: argparse.Namespace, cfg: config.Config, store: Store, rcpt: str) -> int:
     live = _live(store, rcpt)
-    try:
-        forwarder = table.forwarder(args.forwarder)
-    except table.TableError as exc:
-        raise UsageError(str(exc)) from None
+    forwarder = table.forwarder(args.forwarder)
     if args.forward_command == "trust":
         trusted = live.trusted if forwarder in live.trusted else (*live.trusted, forwarder)
     else:
@@ -398,7 +381,7 @@ def _forward_show(args: argparse.Namespace, cfg: config.Config, store: Store, rc
     if found is None:
         print(f"fwdctl: {rcpt}: no such forwarding address", file=sys.stderr)
         return EXIT_REFUSED
-    policy = table.effective_policy(cfg, found, _configured_keys(cfg))
+    policy = table.effective_policy(cfg, found, table.configured_keys(cfg))
     if args.json:
         _print_json(_forward_dict(found) | {"policy": policy})
         return EXIT_OK
@@ -566,6 +549,9 @@ def cmd_forward(args: argparse.Namespace, cfg: config.Config) -> int:
             return _forward_import(args, cfg, store)
         rcpt = addr.key(_check_address(args.rcpt, "recipient"))
         return _FORWARD_COMMANDS[sub](args, cfg, store, rcpt)
+    except table.TableError as exc:
+        # The table's rules refuse what was asked: its text says why.
+        raise UsageError(str(exc)) from None
     finally:
         store.close()
 

@@ -393,12 +393,15 @@ class Config:
     web: WebSettings = field(default_factory=WebSettings)
     #: Where this configuration was read from ("" if from a string).
     path: str = ""
+    #: The "section.key" names the text set (the others are defaults):
+    #: what fwdctl forward show calls a "global" value rather than "default".
+    file_keys: frozenset[str] = frozenset()
 
     def as_dict(self, mask_secrets: bool = True) -> dict[str, dict[str, Any]]:
         """The effective settings as TOML-shaped data (for --check-config)."""
         out: dict[str, dict[str, Any]] = {}
         for section in dataclasses.fields(self):
-            if section.name == "path":
+            if section.name in NOT_SECTIONS:
                 continue
             values = dataclasses.asdict(getattr(self, section.name))
             if mask_secrets and section.name == "store":
@@ -427,10 +430,13 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{user}{':***' if colon else ''}@{hosts}{slash}{tail}"
 
 
+#: The fields of Config that are not a TOML table.
+NOT_SECTIONS: Final = frozenset({"path", "file_keys"})
+
 _SECTIONS: Final[Mapping[str, type]] = {
     f.name: typing.get_type_hints(Config)[f.name]
     for f in dataclasses.fields(Config)
-    if f.name != "path"
+    if f.name not in NOT_SECTIONS
 }
 
 
@@ -514,7 +520,8 @@ def loads(text: str, path: str = "") -> Config:
             known = ", ".join(sorted(_SECTIONS))
             raise ConfigError(f"{name}: unknown section (known: {known})")
         sections[name] = _section(name, _SECTIONS[name], table)
-    cfg = Config(**sections, path=path)
+    keys = frozenset(f"{name}.{key}" for name, table in data.items() for key in table)
+    cfg = Config(**sections, path=path, file_keys=keys)
     _cross_checks(cfg)
     _web_checks(cfg)
     return cfg

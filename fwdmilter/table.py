@@ -23,18 +23,16 @@ so that no writer lets through what another refuses:
 and where each value comes from (``recipient``, ``global``: set in the
 configuration file, or ``default``).
 
-Pure but for :func:`configured_keys`, which reads the configuration file
-again (what it sets, for the sources): no store, no other I/O. Every
-refusal is a :class:`TableError` (a ``ValueError``) whose text says why,
-for the admin or the recipient.
+Pure: no store, no I/O (the keys the configuration file sets, for the
+sources, are those config.load read). Every refusal is a
+:class:`TableError` (a ``ValueError``) whose text says why, for the admin
+or the recipient.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from collections.abc import Collection, Iterable, Mapping
-from pathlib import Path
 from typing import Any, Final, cast
 
 import idna
@@ -171,19 +169,9 @@ def rewrite(value: object) -> SenderRewrite:
 
 def configured_keys(cfg: Config) -> frozenset[str]:
     """The ``section.key`` names the configuration file sets (the ``global``
-    sources of :func:`effective_policy`); none when it cannot be read again."""
-    if not cfg.path:
-        return frozenset()
-    try:
-        data = tomllib.loads(Path(cfg.path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return frozenset()  # config.load read it a moment ago; be quiet
-    return frozenset(
-        f"{section}.{key}"
-        for section, values in data.items()
-        if isinstance(values, dict)
-        for key in values
-    )
+    sources of :func:`effective_policy`), as config.load read them; none for
+    a configuration that came from no file."""
+    return cfg.file_keys if cfg.path else frozenset()
 
 
 def _global_source(configured: Collection[str], key: str) -> str:

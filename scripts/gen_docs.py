@@ -339,7 +339,7 @@ def config_reference() -> str:
     out: list[str] = []
     seen: set[str] = set()
     for section in dataclasses.fields(config.Config):
-        if section.name == "path":
+        if section.name in config.NOT_SECTIONS:
             continue
         cls = hints[section.name]
         doc = (cls.__doc__ or "").strip()

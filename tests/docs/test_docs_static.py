@@ -710,7 +710,9 @@ def test_acl_blocks_are_the_acl_the_store_tests_use() -> None:
         assert b.text.strip() == f"user fwdmilter on >PASSWORD {ACL_RULES}", b.where
 
 
-_SECTIONS: Final = tuple(f.name for f in dataclasses.fields(config.Config) if f.name != "path")
+_SECTIONS: Final = tuple(
+    f.name for f in dataclasses.fields(config.Config) if f.name not in config.NOT_SECTIONS
+)
 _KEY: Final = re.compile(rf"(?<![\w./-])(?:{'|'.join(_SECTIONS)})\.[a-z_]+(?![\w.(])")
 
 
